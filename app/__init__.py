@@ -1,0 +1,1 @@
+"""Wiring: settings, database, migrations, logging and errors."""

@@ -1,0 +1,106 @@
+"""Schema plumbing shared by the migrations: identifiers, URLs and the staging tables.
+
+Alembic owns `ingest` and the warehouse. Staging tables follow the dataset declarations (built-in
+and `datasets.toml`), so they are synchronised at start, under the same lock as the migrations:
+missing tables and columns are added, the row rules (required values, "at least one of") are kept
+as constraints. Nothing is ever dropped or narrowed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, text
+
+from app.settings import Settings
+from models.datasets import SQL_TYPES, DatasetRegistry, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK_KEY = 0x6C6F616462617901  # "loadbay" + 1: one lock for every schema change
+_RULE_PREFIX = "lb_rule_"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_name(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
+
+
+def record_sequence(schema: str, dataset: DatasetSpec) -> str:
+    return table_name(schema, f"{dataset.table}__record_no")
+
+
+def row_rules(dataset: DatasetSpec) -> dict[str, str]:
+    """CHECK constraints that encode the dataset's row rules, by constraint name."""
+    rules: dict[str, str] = {}
+    for column in dataset.columns:
+        if column.required and column.type == "text":
+            rules[f"{_RULE_PREFIX}{column.column}_present"] = (
+                f"btrim({quote_ident(column.column)}) <> ''"
+            )
+    for group in dataset.require_any:
+        name = f"{_RULE_PREFIX}any_{'_'.join(group)}"[:63]
+        rules[name] = " OR ".join(f"{quote_ident(c)} IS NOT NULL" for c in group)
+    return rules
+
+
+def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
+    table = table_name(schema, dataset.table)
+    sequence = record_sequence(schema, dataset)
+    data_columns = ", ".join(
+        f"{quote_ident(c.column)} {SQL_TYPES[c.type]}" for c in dataset.columns
+    )
+    statements = [
+        # The loader resets this sequence at the start of each load (loads of one table are
+        # serialised), so COPY fills _record_no 1, 2, 3… without a Python loop.
+        f"CREATE SEQUENCE IF NOT EXISTS {sequence} CACHE 10000",
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+            _file_id bigint NOT NULL DEFAULT current_setting('loadbay.file_id')::bigint,
+            _record_no bigint NOT NULL DEFAULT nextval('{sequence}'),
+            {data_columns},
+            _extra jsonb
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(dataset.table + '__file')} "
+        f"ON {table} USING brin (_file_id)",
+    ]
+    for column in dataset.columns:
+        statements.append(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "
+            f"{quote_ident(column.column)} {SQL_TYPES[column.type]}"
+        )
+        nullability = "SET NOT NULL" if column.required else "DROP NOT NULL"
+        statements.append(f"ALTER TABLE {table} ALTER COLUMN {quote_ident(column.column)} {nullability}")
+    return statements
+
+
+def sync_staging_tables(conn: Connection, settings: Settings, registry: DatasetRegistry) -> None:
+    schema = settings.staging_schema
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+    for dataset in registry.datasets:
+        for statement in staging_ddl(schema, dataset):
+            conn.execute(text(statement))
+        wanted = row_rules(dataset)
+        existing = set(
+            conn.execute(
+                text(
+                    "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                    "AND conname LIKE :prefix"
+                ),
+                {"t": table_name(schema, dataset.table), "prefix": _RULE_PREFIX + "%"},
+            ).scalars()
+        )
+        table = table_name(schema, dataset.table)
+        for name in existing - set(wanted):
+            conn.execute(text(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(name)}"))
+        for name in set(wanted) - existing:
+            conn.execute(
+                text(f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(name)} CHECK ({wanted[name]})")
+            )
+    log.debug("staging tables in sync for %d datasets", len(registry.datasets))

@@ -1,0 +1,144 @@
+"""loadbay: drop files into imports/, get typed PostgreSQL rows exactly once.
+
+This module parses flags and calls one function per stage; exit codes: 0 all done,
+1 done but some work failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.datasets import load_registry
+from app.db import Database, resolve_dsn
+from app.errors import ConfigError, DatabaseUnavailable
+from app.logging import setup_logging
+from app.migrate import migrate
+from app.settings import Settings
+from models.datasets import DatasetRegistry
+from services.ingest import run_ingest
+from services.status import run_status
+from services.watcher import run_watcher
+
+log = logging.getLogger("loadbay")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_DROPS = Path(__file__).parent / "examples" / "drops"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Load CSV drops into PostgreSQL staging tables, exactly once.",
+        epilog="With no flag, watch IMPORTS_DIR. Settings come from the environment and .env "
+        "(see .env.example). Exit codes: 0 all done, 1 some work failed, 2 bad usage or "
+        "configuration.",
+    )
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="watch IMPORTS_DIR (or DIR) and load every completed drop until stopped "
+        "(the default when no flag is given; SIGINT/SIGTERM stop cleanly)",
+    )
+    parser.add_argument(
+        "--ingest",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="load the given files, or every pending file of a given folder, once, then exit",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print recent files and their outcome: status, rows, rejects, errors",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="copy the sample drops from examples/drops/ into a fresh imports folder, load "
+        "them and print the status",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            print(f"configuration error: {name}: {error['msg']}", file=sys.stderr)
+        print("Fix the variable in the environment or .env (see .env.example).", file=sys.stderr)
+        return EXIT_USAGE
+    settings.ensure_folders()
+    setup_logging(settings)
+    try:
+        registry = load_registry(settings)
+        return asyncio.run(_run(args, settings, registry))
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        log.error("%s; is DATABASE_URL right and the server up?", exc)
+        return EXIT_SOME_FAILED
+    except KeyboardInterrupt:
+        return EXIT_SOME_FAILED
+
+
+async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRegistry) -> int:
+    dsn = await asyncio.to_thread(resolve_dsn, settings)
+    await asyncio.to_thread(migrate, dsn, settings, registry)
+    db = Database(dsn, max_size=settings.ingest_workers + 2)
+    try:
+        ingest_paths: list[Path] = list(args.ingest or [])
+        if args.demo:
+            ingest_paths.append(_prepare_demo(settings))
+        watch = args.watch is not None or not (ingest_paths or args.status)
+        code = EXIT_OK
+        if ingest_paths:
+            result = await run_ingest(settings, db, registry, ingest_paths)
+            if result.failed:
+                code = EXIT_SOME_FAILED
+        if args.status or args.demo:
+            print((await run_status(db)).render())
+        if watch:
+            folder = Path(args.watch) if args.watch else settings.imports_dir
+            watched = await run_watcher(settings, db, registry, folder, _stop_event())
+            code = max(code, EXIT_SOME_FAILED if watched.failed else EXIT_OK)
+        if args.demo:
+            print(f"\nThe demo drops were loaded from {settings.imports_dir}; see processed/ and failed/ there.")
+        return code
+    finally:
+        await db.close()
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _prepare_demo(settings: Settings) -> Path:
+    """A fresh imports folder holding a copy of every sample drop."""
+    folder = settings.imports_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in sorted(DEMO_DROPS.iterdir()):
+        if sample.is_file():
+            shutil.copy2(sample, folder / sample.name)
+    return folder
+
+
+if __name__ == "__main__":
+    sys.exit(main())

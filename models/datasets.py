@@ -1,0 +1,273 @@
+"""Datasets are declared, not coded: name, file patterns, staging table, key and column mapping.
+
+The four built-ins live here as data; users add or adjust datasets in `datasets.toml`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ColumnType = Literal["text", "integer", "numeric", "boolean", "date", "timestamptz"]
+
+SQL_TYPES: dict[str, str] = {
+    "text": "text",
+    "integer": "bigint",
+    "numeric": "numeric",
+    "boolean": "boolean",
+    "date": "date",
+    "timestamptz": "timestamptz",
+}
+
+# How a person is told what a valid value looks like, per column type.
+TYPE_EXPECTATIONS: dict[str, str] = {
+    "text": "text",
+    "integer": "a whole number",
+    "numeric": "a number",
+    "boolean": "a boolean (1/0, true/false, yes/no, y/n)",
+    "date": "a date (YYYY-MM-DD)",
+    "timestamptz": "a timestamp (ISO 8601, e.g. 2024-01-15T00:30:00Z)",
+}
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def normalise_header(name: str) -> str:
+    """Header matching ignores case, spaces and underscores: `Ship Address 1` = `ship_address1`."""
+    return re.sub(r"[\s_]+", "", name.strip().lstrip("\ufeff")).lower()
+
+
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a plain identifier (lower-case letters, digits, _)")
+    return value
+
+
+class ColumnSpec(BaseModel):
+    """One staging column and the source field(s) it comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str
+    source: str = ""
+    type: ColumnType = "text"
+    required: bool = False
+    aliases: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+
+    @field_validator("column")
+    @classmethod
+    def _column_identifier(cls, value: str) -> str:
+        return _check_identifier(value)
+
+    @model_validator(mode="after")
+    def _default_source(self) -> ColumnSpec:
+        if not self.source:
+            object.__setattr__(self, "source", self.column)
+        return self
+
+    def matches(self) -> set[str]:
+        """The normalised header names that map to this column."""
+        return {normalise_header(n) for n in (self.source, self.column, *self.aliases)}
+
+
+class DatasetSpec(BaseModel):
+    """A dataset: which files belong to it and how their fields become typed staging columns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    patterns: tuple[str, ...]
+    table: str
+    key: tuple[str, ...] = ()
+    columns: tuple[ColumnSpec, ...]
+    # Each group needs at least one non-empty value per row (e.g. register_kwh or power_w).
+    require_any: tuple[tuple[str, ...], ...] = ()
+    encoding: str = "utf-8"
+    max_reject_ratio: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("name", "table")
+    @classmethod
+    def _name_identifier(cls, value: str) -> str:
+        return _check_identifier(value)
+
+    @field_validator("encoding")
+    @classmethod
+    def _ascii_compatible(cls, value: str) -> str:
+        # Lines are split on b"\n" before decoding, so the encoding must keep ASCII as is.
+        try:
+            ok = "a,1\n".encode(value) == b"a,1\n"
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        if not ok:
+            raise ValueError(f"encoding {value!r} is not ASCII-compatible (use utf-8, latin-1, cp1252…)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        names = [c.column for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset {self.name!r} declares a column twice")
+        reserved = {"_file_id", "_record_no", "_extra"}
+        if reserved & set(names):
+            raise ValueError(f"dataset {self.name!r} uses a reserved column name {reserved}")
+        for col in (*self.key, *(c for group in self.require_any for c in group)):
+            if col not in names:
+                raise ValueError(f"dataset {self.name!r} names unknown column {col!r}")
+        if not self.patterns:
+            raise ValueError(f"dataset {self.name!r} needs at least one file pattern")
+        return self
+
+    def matches_name(self, file_name: str) -> bool:
+        stem = file_name.lower()
+        return any(fnmatch.fnmatchcase(stem, p.lower()) for p in self.patterns)
+
+    def column(self, name: str) -> ColumnSpec:
+        return next(c for c in self.columns if c.column == name)
+
+
+def _text(column: str, source: str = "", **kw: object) -> ColumnSpec:
+    return ColumnSpec(column=column, source=source or column, **kw)  # type: ignore[arg-type]
+
+
+SHIPMENTS = DatasetSpec(
+    name="shipments",
+    patterns=("shipment*",),
+    table="shipments",
+    key=("shipment_number",),
+    columns=(
+        _text("job_number", "JobNumber", required=True),
+        _text("shipment_number", "ShipmentNumber", required=True),
+        _text("ship_name", "ShipName"),
+        _text("ship_address1", "ShipAddress1"),
+        _text("ship_address2", "ShipAddress2"),
+        _text("ship_address3", "ShipAddress3"),
+        _text("ship_city", "ShipCity"),
+        _text("ship_state", "ShipState"),
+        _text("ship_zip", "ShipZip"),
+        _text("ship_country", "ShipCountry"),
+        _text("ship_contact", "ShipContact"),
+        _text("instructions", "Instructions"),
+        _text("ship_phone", "ShipPhone"),
+        _text("email", "Email"),
+        _text("ship_via", "ShipVia"),
+        _text("is_partial", "IsPartial", type="boolean"),
+        _text("shipped", "Shipped", type="boolean"),
+        _text("ship_via_service", "ShipViaService"),
+        _text("scheduled_ship_date", "ScheduledShipDate", type="date"),
+        _text("scheduled_ship_quantity", "ScheduledShipQuantity", type="integer"),
+    ),
+)
+
+PACKAGES = DatasetSpec(
+    name="packages",
+    patterns=("package*",),
+    table="packages",
+    key=("package_id",),
+    columns=(
+        _text("package_id", "PackageID"),
+        _text("shipment_number", "ShipmentNumber"),
+        _text("job_number", "JobNumber", required=True),
+        _text("total_qty_shipped", "TotalQtyShipped", type="integer"),
+        _text("description", "Description"),
+    ),
+)
+
+METER_READINGS = DatasetSpec(
+    name="meter_readings",
+    patterns=("meter*",),
+    table="meter_readings",
+    key=("meter_id", "reading_at"),
+    columns=(
+        _text("meter_id", required=True),
+        _text("reading_at", type="timestamptz", required=True, aliases=("timestamp", "ts", "time")),
+        _text("register_kwh", type="numeric"),
+        _text("power_w", type="numeric"),
+    ),
+    require_any=(("register_kwh", "power_w"),),
+)
+
+SENSOR_READINGS = DatasetSpec(
+    name="sensor_readings",
+    patterns=("sensor*", "iot*"),
+    table="sensor_readings",
+    key=("device_name", "reading_at"),
+    columns=(
+        _text("reading_at", "timestamp", type="timestamptz", required=True),
+        _text("device_name", "deviceName", required=True),
+        _text("channel1_a", "channel1", type="numeric"),
+        _text("channel2_a", "channel2", type="numeric"),
+        _text("channel3_a", "channel3", type="numeric"),
+        _text("gateway_name", "gatewayName"),
+        _text("location"),
+        _text("dbm", type="numeric"),
+    ),
+)
+
+BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (SHIPMENTS, PACKAGES, METER_READINGS, SENSOR_READINGS)
+
+
+class DatasetRegistry:
+    """The datasets loadbay knows: built-ins merged with the user's `datasets.toml`."""
+
+    def __init__(self, datasets: tuple[DatasetSpec, ...]) -> None:
+        tables = [d.table for d in datasets]
+        if len(set(tables)) != len(tables):
+            raise ValueError("two datasets write to the same staging table")
+        self.datasets = datasets
+
+    @classmethod
+    def from_toml(cls, data: dict[str, object]) -> DatasetRegistry:
+        """Merge `[datasets.NAME]` tables into the built-ins: new names add a dataset, a
+        built-in's name changes only the keys given (columns merge by column name)."""
+        unknown = set(data) - {"datasets"}
+        if unknown:
+            raise ValueError(f"unknown top-level key(s) {sorted(unknown)}; expected [datasets.NAME]")
+        merged = {d.name: d.model_dump() for d in BUILTIN_DATASETS}
+        entries = data.get("datasets", {})
+        if not isinstance(entries, dict):
+            raise ValueError("`datasets` must be a table of [datasets.NAME] tables")
+        for name, body in entries.items():
+            if not isinstance(body, dict):
+                raise ValueError(f"[datasets.{name}] must be a table")
+            body = dict(body)
+            columns = body.pop("columns", {})
+            if not isinstance(columns, dict):
+                raise ValueError(f"[datasets.{name}.columns] must be a table of column tables")
+            base = merged.get(name, {"name": name, "table": name, "columns": []})
+            base.update(body)
+            by_column = {c["column"]: c for c in base["columns"]}
+            for column, spec in columns.items():
+                by_column[column] = {**by_column.get(column, {"column": column}), **spec}
+            base["columns"] = list(by_column.values())
+            merged[name] = base
+        return cls(tuple(DatasetSpec.model_validate(d) for d in merged.values()))
+
+    def by_name(self, file_name: str) -> DatasetSpec | None:
+        return next((d for d in self.datasets if d.matches_name(file_name)), None)
+
+    def by_header(self, header: list[str]) -> DatasetSpec | None:
+        """The one dataset whose required columns are all present and that maps most fields."""
+        found = {normalise_header(h) for h in header}
+        scored = []
+        for dataset in self.datasets:
+            mapped = [c for c in dataset.columns if c.matches() & found]
+            names = {c.column for c in mapped}
+            complete = all(c.column in names for c in dataset.columns if c.required) and all(
+                names & set(group) for group in dataset.require_any
+            )
+            if complete and mapped:
+                scored.append((len(mapped), dataset))
+        scored.sort(key=lambda pair: -pair[0])
+        if not scored or (len(scored) > 1 and scored[0][0] == scored[1][0]):
+            return None
+        return scored[0][1]
+
+    def describe(self) -> str:
+        return "; ".join(f"{d.name} ({', '.join(d.patterns)})" for d in self.datasets)
+
+    def get(self, name: str) -> DatasetSpec:
+        return next(d for d in self.datasets if d.name == name)

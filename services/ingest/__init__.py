@@ -1,0 +1,71 @@
+"""Ingest: files in a drop folder become typed staging rows, exactly once.
+
+`run_ingest` is the `--ingest` entry point; the watcher calls the same `Loader` for each file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.db import Database
+from app.errors import TransientError
+from app.settings import Settings
+from models.datasets import DatasetRegistry
+from services.ingest.files import is_candidate_name, is_regular_file
+from services.ingest.loader import FileOutcome, Loader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(o.failed for o in self.outcomes)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+def pending_files(folder: Path) -> list[Path]:
+    """The candidates waiting in a drop folder, oldest first (links and sub-folders excluded)."""
+    entries = [
+        Path(entry.path)
+        for entry in os.scandir(folder)
+        if is_candidate_name(entry.name) and is_regular_file(Path(entry.path))
+    ]
+    return sorted(entries, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(pending_files(path) if path.is_dir() and not path.is_symlink() else [path])
+    return files
+
+
+async def run_ingest(
+    settings: Settings, db: Database, registry: DatasetRegistry, paths: list[Path]
+) -> IngestResult:
+    """Load the given files (or every pending file of the given folders) once, in order."""
+    loader = Loader(settings, registry, db)
+    result = IngestResult()
+    for path in expand(paths):
+        if not path.exists() and not path.is_symlink():
+            log.error("%s does not exist", path)
+            result.outcomes.append(FileOutcome(path.name, "failed", error="no such file"))
+            continue
+        try:
+            outcome = await loader.ingest(path)
+        except Exception as exc:  # the file stays where it is; the next run tries again
+            log.error("could not load %s, it stays in place: %s", path, exc, exc_info=not isinstance(exc, TransientError))
+            outcome = FileOutcome(path.name, "failed", error=str(exc))
+        if outcome.status in ("skipped", "busy"):
+            log.warning("skipped %s: %s", path, outcome.error)
+        result.outcomes.append(outcome)
+    return result

@@ -1,0 +1,127 @@
+"""Files on disk: which names are candidates, how they are read, and where they go after."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from app.errors import UnsupportedFormat
+
+TEMPORARY_PATTERNS = ("*.part", "*.filepart", "*.tmp", "*.crdownload", "~$*")
+FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+HASH_CHUNK = 1 << 20
+
+
+def is_candidate_name(name: str) -> bool:
+    """Hidden and temporary names are never taken (DESIGN §3.1)."""
+    lowered = name.lower()
+    return not (
+        name.startswith(".") or any(fnmatch.fnmatchcase(lowered, p) for p in TEMPORARY_PATTERNS)
+    )
+
+
+def is_regular_file(path: Path) -> bool:
+    """A plain file, not a folder, link, device or pipe; links are never followed."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    kind: str  # csv, json or ndjson
+    gzip: bool
+
+
+def file_format(name: str) -> FileFormat:
+    lowered = name.lower()
+    compressed = lowered.endswith(".gz")
+    base = lowered[:-3] if compressed else lowered
+    suffix = os.path.splitext(base)[1]
+    if suffix not in FORMATS:
+        shown = suffix or "(no extension)"
+        raise UnsupportedFormat(
+            f"{shown} files are not read by loadbay",
+            hint="Drop .csv, .json, .ndjson or .jsonl files, optionally gzipped (.gz)",
+            file_name=name,
+        )
+    return FileFormat(FORMATS[suffix], compressed)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a file was when it was hashed; used to notice it changing or being replaced."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def open_no_follow(path: Path) -> int:
+    """Open for reading without following a link swapped in after the candidate check."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+
+
+def hash_fd(fd: int) -> tuple[str, FileIdentity]:
+    digest = hashlib.sha256()
+    before = FileIdentity.of(os.fstat(fd))
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, HASH_CHUNK):
+        digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest.hexdigest(), before
+
+
+def still_there(path: Path, identity: FileIdentity) -> bool:
+    try:
+        return FileIdentity.of(os.lstat(path)) == identity
+    except FileNotFoundError:
+        return False
+
+
+def _free_name(folder: Path, name: str, file_id: int) -> Path:
+    target = folder / name
+    if not target.exists():
+        return target
+    stem, dot, suffix = name.partition(".")
+    return folder / f"{stem}__{file_id}{dot}{suffix}"
+
+
+def move_to_processed(path: Path, file_id: int, when: datetime | None = None) -> Path:
+    day = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    folder = path.parent / "processed" / day
+    folder.mkdir(parents=True, exist_ok=True)
+    return _rename(path, _free_name(folder, path.name, file_id))
+
+
+def move_to_failed(path: Path, file_id: int, error: dict[str, object]) -> Path:
+    folder = path.parent / "failed"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _free_name(folder, path.name, file_id)
+    sidecar = target.with_name(target.name + ".error.json")
+    tmp = sidecar.with_name("." + sidecar.name + ".tmp")
+    tmp.write_text(json.dumps(error, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, sidecar)
+    return _rename(path, target)
+
+
+def _rename(source: Path, target: Path) -> Path:
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        raise OSError(f"{target.parent} must be on the same filesystem as {source.parent}") from exc
+    return target

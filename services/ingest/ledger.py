@@ -1,0 +1,112 @@
+"""The file ledger `ingest.files` and its companions: every statement the loader runs on them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+
+from services.ingest.csv_load import Reject
+
+
+async def find_loaded(conn: asyncpg.Connection, dataset: str, sha256: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT id, name, status, moved_to FROM ingest.files
+        WHERE dataset = $1 AND sha256 = $2 AND status IN ('loaded', 'loaded_with_rejects')
+        """,
+        dataset,
+        sha256,
+    )
+
+
+async def insert_file(
+    conn: asyncpg.Connection,
+    *,
+    name: str,
+    dataset: str | None,
+    sha256: str,
+    size_bytes: int,
+    status: str,
+    received_at: datetime | None,
+    error: str | None = None,
+    duplicate_of: int | None = None,
+    source: str = "drop",
+) -> int:
+    file_id: int = await conn.fetchval(
+        """
+        INSERT INTO ingest.files
+            (name, dataset, sha256, size_bytes, status, error, duplicate_of, source, received_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
+        RETURNING id
+        """,
+        name,
+        dataset,
+        sha256,
+        size_bytes,
+        status,
+        error,
+        duplicate_of,
+        source,
+        received_at,
+    )
+    return file_id
+
+
+async def finish_load(
+    conn: asyncpg.Connection,
+    file_id: int,
+    *,
+    rows_loaded: int,
+    rejects: list[Reject],
+    warnings: list[dict[str, object]],
+) -> str:
+    status = "loaded_with_rejects" if rejects else "loaded"
+    if rejects:
+        await conn.copy_records_to_table(
+            "rejected_rows",
+            schema_name="ingest",
+            columns=["file_id", "record_no", "line_no", "column_name", "value", "reason"],
+            records=_reject_records(file_id, rejects),
+        )
+    await conn.execute(
+        """
+        UPDATE ingest.files
+        SET status = $2, rows_loaded = $3, rows_rejected = $4, warnings = $5::jsonb, loaded_at = now()
+        WHERE id = $1
+        """,
+        file_id,
+        status,
+        rows_loaded,
+        len(rejects),
+        json.dumps(warnings),
+    )
+    return status
+
+
+def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[object, ...]]:
+    for r in rejects:
+        yield (file_id, r.record_no, r.line_no, r.column, r.value, r.reason)
+
+
+async def set_moved(conn: asyncpg.Connection, file_id: int, moved_to: str) -> None:
+    await conn.execute("UPDATE ingest.files SET moved_to = $2 WHERE id = $1", file_id, moved_to)
+
+
+async def log_error(
+    conn: asyncpg.Connection,
+    component: str,
+    message: str,
+    detail: dict[str, object],
+    *,
+    file_id: int | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO ingest.error_log (component, message, detail, file_id) VALUES ($1, $2, $3::jsonb, $4)",
+        component,
+        message,
+        json.dumps(detail, default=str),
+        file_id,
+    )

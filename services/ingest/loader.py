@@ -1,0 +1,301 @@
+"""One file, exactly once: claim it, recognise it, load it in one transaction, then move it.
+
+The claim is a PostgreSQL advisory lock on the content's SHA-256, held from before the ledger
+look-up until after the move, so several processes (on one host or many) can watch one folder.
+The ledger row, staging rows and rejected rows commit together; the file moves only after the
+commit. A crash anywhere leaves the file in place: on restart it is loaded, or, when the ledger
+already has it under the same name but never recorded the move, just moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import asyncpg
+
+from app.db import Database
+from app.errors import EmptyFile, FileRejected, UnknownDataset
+from app.schema import record_sequence
+from app.settings import Settings
+from models.datasets import DatasetRegistry, DatasetSpec
+from services.ingest import ledger
+from services.ingest.csv_load import (
+    LoadStats,
+    Target,
+    copy_fast,
+    copy_robust,
+    fast_path_possible,
+    map_header,
+    read_header,
+)
+from services.ingest.files import (
+    FileFormat,
+    FileIdentity,
+    file_format,
+    hash_fd,
+    is_candidate_name,
+    is_regular_file,
+    move_to_failed,
+    move_to_processed,
+    open_no_follow,
+    still_there,
+)
+from services.ingest.source import Stream
+
+log = logging.getLogger(__name__)
+
+_TABLE_LOCK_SPACE = 0x6C6F6164  # "load": advisory-lock namespace for per-table load serialisation
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file. `status` is a ledger status, or `skipped` / `busy`."""
+
+    name: str
+    status: str
+    file_id: int | None = None
+    dataset: str | None = None
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    error: str | None = None
+    moved_to: Path | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    fd: int
+    sha256: str
+    identity: FileIdentity
+    received_at: datetime | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class Loader:
+    """Loads files into staging; one instance serves every worker of a process."""
+
+    def __init__(self, settings: Settings, registry: DatasetRegistry, db: Database) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.db = db
+
+    async def ingest(self, path: Path, received_at: datetime | None = None) -> FileOutcome:
+        """Load `path` once. Transient problems (database down, file still changing) raise."""
+        if not is_candidate_name(path.name) or not is_regular_file(path):
+            return FileOutcome(path.name, "skipped", error="not a regular, complete file")
+        try:
+            fd = open_no_follow(path)
+        except (FileNotFoundError, OSError):
+            return FileOutcome(path.name, "skipped", error="gone before it could be read")
+        try:
+            sha256, identity = await asyncio.to_thread(hash_fd, fd)
+            return await self._claim(_File(path, fd, sha256, identity, received_at))
+        finally:
+            os.close(fd)
+
+    async def _claim(self, file: _File) -> FileOutcome:
+        key = int.from_bytes(bytes.fromhex(file.sha256[:16]), "big", signed=True)
+        async with self.db.connection() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                return FileOutcome(file.name, "busy", error="another loader holds this content")
+            try:
+                if not still_there(file.path, file.identity):
+                    return FileOutcome(file.name, "skipped", error="moved or changed by someone else")
+                return await self._claimed(conn, file)
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def _claimed(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
+        dataset: DatasetSpec | None = None
+        try:
+            fmt = file_format(file.name)
+            if file.identity.size == 0:
+                raise EmptyFile("the file is empty (0 bytes)", hint="Drop it again once it has data")
+            dataset = await asyncio.to_thread(self._detect, file, fmt)
+            existing = await ledger.find_loaded(conn, dataset.name, file.sha256)
+            if existing is not None:
+                return await self._already_loaded(conn, file, dataset, existing)
+            return await self._load(conn, file, fmt, dataset)
+        except FileRejected as exc:
+            return await self._fail(conn, file, dataset, exc)
+
+    def _detect(self, file: _File, fmt: FileFormat) -> DatasetSpec:
+        by_name = self.registry.by_name(file.name)
+        if by_name is not None:
+            return by_name
+        if fmt.kind == "csv":
+            # The header decides; latin-1 decodes any bytes, the dataset's encoding applies later.
+            stream = Stream(file.fd, file.identity.size, file.name, fmt)
+            header = read_header(stream, "latin-1", file.name)
+            by_header = self.registry.by_header(header)
+            if by_header is not None:
+                return by_header
+        raise UnknownDataset(
+            "no dataset matches this file's name or header",
+            hint=f"Name it after a dataset pattern or declare one in datasets.toml. Datasets: "
+            f"{self.registry.describe()}",
+            file_name=file.name,
+        )
+
+    async def _already_loaded(
+        self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec, existing: asyncpg.Record
+    ) -> FileOutcome:
+        if existing["name"] == file.name and existing["moved_to"] is None:
+            # The load committed but the process stopped before the move: finish the move.
+            moved = move_to_processed(file.path, existing["id"])
+            await ledger.set_moved(conn, existing["id"], str(moved))
+            log.info("%s (#%d) was already loaded; moved it to %s", file.name, existing["id"], moved)
+            return FileOutcome(file.name, existing["status"], existing["id"], dataset.name, moved_to=moved)
+        file_id = await ledger.insert_file(
+            conn,
+            name=file.name,
+            dataset=dataset.name,
+            sha256=file.sha256,
+            size_bytes=file.identity.size,
+            status="duplicate",
+            received_at=file.received_at,
+            duplicate_of=existing["id"],
+        )
+        moved = move_to_processed(file.path, file_id)
+        await ledger.set_moved(conn, file_id, str(moved))
+        log.info(
+            "%s (#%d) is a duplicate of #%d (%s); no rows loaded", file.name, file_id, existing["id"], existing["name"]
+        )
+        return FileOutcome(file.name, "duplicate", file_id, dataset.name, moved_to=moved)
+
+    async def _load(
+        self, conn: asyncpg.Connection, file: _File, fmt: FileFormat, dataset: DatasetSpec
+    ) -> FileOutcome:
+        started = time.monotonic()
+        async with conn.transaction():
+            file_id = await ledger.insert_file(
+                conn,
+                name=file.name,
+                dataset=dataset.name,
+                sha256=file.sha256,
+                size_bytes=file.identity.size,
+                status="loading",
+                received_at=file.received_at,
+            )
+            log.info("loading %s (#%d) as %s", file.name, file_id, dataset.name)
+            target = Target(
+                schema=self.settings.staging_schema,
+                dataset=dataset,
+                file_id=file_id,
+                label=f"{file.name} (#{file_id})",
+                source_timezone=self.settings.source_timezone,
+                max_reject_ratio=(
+                    dataset.max_reject_ratio
+                    if dataset.max_reject_ratio is not None
+                    else self.settings.max_reject_ratio
+                ),
+            )
+            stats = await load_csv(conn, file, fmt, target)
+            status = await ledger.finish_load(
+                conn, file_id, rows_loaded=stats.rows_loaded, rejects=stats.rejects, warnings=stats.warnings
+            )
+        moved = move_to_processed(file.path, file_id)
+        await ledger.set_moved(conn, file_id, str(moved))
+        log.info(
+            "%s %s (#%d) into %s.%s: %d rows, %d rejected, %.2f s (%s path)",
+            status,
+            file.name,
+            file_id,
+            self.settings.staging_schema,
+            dataset.table,
+            stats.rows_loaded,
+            stats.rows_rejected,
+            time.monotonic() - started,
+            stats.path,
+        )
+        return FileOutcome(
+            file.name, status, file_id, dataset.name, stats.rows_loaded, stats.rows_rejected, moved_to=moved
+        )
+
+    async def _fail(
+        self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec | None, exc: FileRejected
+    ) -> FileOutcome:
+        message = str(exc)
+        async with conn.transaction():
+            file_id = await ledger.insert_file(
+                conn,
+                name=file.name,
+                dataset=dataset.name if dataset else None,
+                sha256=file.sha256,
+                size_bytes=file.identity.size,
+                status="failed",
+                received_at=file.received_at,
+                error=message,
+            )
+            await ledger.log_error(
+                conn,
+                "ingest",
+                message,
+                {"error": type(exc).__name__, "file": file.name, "line": exc.line_no},
+                file_id=file_id,
+            )
+        moved = move_to_failed(
+            file.path,
+            file_id,
+            {
+                "file": file.name,
+                "file_id": file_id,
+                "dataset": dataset.name if dataset else None,
+                "sha256": file.sha256,
+                "failed_at": datetime.now(timezone.utc).isoformat(),
+                "error": type(exc).__name__,
+                "message": exc.message,
+                "hint": exc.hint,
+                "line": exc.line_no,
+            },
+        )
+        await ledger.set_moved(conn, file_id, str(moved))
+        log.warning("failed %s (#%d): %s; moved to %s", file.name, file_id, message, moved)
+        return FileOutcome(file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved)
+
+
+async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, target: Target) -> LoadStats:
+    """Fast path first; on any refusal by PostgreSQL, the robust path from the start."""
+    schema, dataset = target.schema, target.dataset
+    await conn.execute(
+        "SELECT set_config('loadbay.file_id', $1, true), set_config('TimeZone', $2, true), "
+        "set_config('DateStyle', 'ISO, YMD', true)",
+        str(target.file_id),
+        target.source_timezone,
+    )
+    stream = Stream(file.fd, file.identity.size, target.label, fmt)
+    header = map_header(read_header(stream, dataset.encoding, target.label), dataset, target.label)
+    if fast_path_possible(header, target):
+        # Loads of one table take turns so that the table's record sequence restarts at 1.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _TABLE_LOCK_SPACE, f"{schema}.{dataset.table}"
+        )
+        await conn.execute("SELECT setval($1::regclass, 1, false)", record_sequence(schema, dataset))
+        try:
+            async with conn.transaction():
+                rows = await copy_fast(conn, stream, header, target)
+                if rows == 0:
+                    raise EmptyFile("the file has a header but no data rows", hint="Nothing to load")
+                await asyncio.to_thread(stream.verify, file.sha256)
+            return LoadStats(rows_loaded=rows)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            log.info("%s: COPY refused the file as it is (%s); reading it row by row", target.label, type(exc).__name__)
+        stream = Stream(file.fd, file.identity.size, target.label, fmt)
+        read_header(stream, dataset.encoding, target.label)
+    stats = await copy_robust(conn, stream, header, target, file.identity.size)
+    await asyncio.to_thread(stream.verify, file.sha256)
+    return stats

@@ -1,0 +1,90 @@
+"""Value conversions done in Python, only where PostgreSQL's own input functions cannot decide.
+
+Most values go to PostgreSQL as text and its input functions type them (the same rules on the
+fast and the robust path). Python steps in for three things only: dates and timestamps in a
+dataset-declared format, and local timestamps in a zone with daylight saving, where a time
+that does not exist or happens twice must be a rejected row rather than a silent guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+Converter = Callable[[str], str]
+
+_OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+
+
+@lru_cache(maxsize=64)
+def is_fixed_offset(zone_name: str) -> bool:
+    """True when the zone has one UTC offset for all of 1970–2050 (UTC, Etc/GMT-5, …)."""
+    zone = ZoneInfo(zone_name)
+    offsets = {
+        datetime(year, month, 15, 12, tzinfo=zone).utcoffset()
+        for year in range(1970, 2051)
+        for month in (1, 4, 7, 10)
+    }
+    return len(offsets) == 1
+
+
+def has_offset(value: str) -> bool:
+    return bool(_OFFSET.search(value.strip()))
+
+
+def localise(naive: datetime, zone: ZoneInfo) -> datetime:
+    """Attach `zone`, refusing local times that do not exist or are ambiguous."""
+    early = naive.replace(tzinfo=zone, fold=0)
+    late = naive.replace(tzinfo=zone, fold=1)
+    if early.utcoffset() != late.utcoffset():
+        raise ValueError(
+            f"local time {naive:%Y-%m-%d %H:%M} happens twice in {zone.key} (clocks went back); "
+            "send it with a UTC offset"
+        )
+    round_trip = early.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None)
+    if round_trip != naive:
+        raise ValueError(
+            f"local time {naive:%Y-%m-%d %H:%M} does not exist in {zone.key} (clocks went "
+            "forward); send it with a UTC offset"
+        )
+    return early
+
+
+def timestamp_converter(zone_name: str, formats: tuple[str, ...]) -> Converter:
+    """Values with an offset pass through; naive ones are parsed and localised in `zone_name`."""
+    zone = ZoneInfo(zone_name)
+
+    def convert(value: str) -> str:
+        text = value.strip()
+        for fmt in formats:
+            try:
+                parsed = datetime.strptime(text, fmt)
+            except ValueError:
+                continue
+            return (parsed if parsed.tzinfo else localise(parsed, zone)).isoformat()
+        if has_offset(text):
+            return text
+        try:
+            naive = datetime.fromisoformat(text)
+        except ValueError:
+            return value  # not ISO either: PostgreSQL decides, and rejects it with its reason
+        return localise(naive, zone).isoformat()
+
+    return convert
+
+
+def date_converter(formats: tuple[str, ...]) -> Converter:
+    def convert(value: str) -> str:
+        text = value.strip()
+        for fmt in formats:
+            try:
+                return datetime.strptime(text, fmt).date().isoformat()
+            except ValueError:
+                continue
+        return value
+
+    return convert
+

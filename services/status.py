@@ -1,0 +1,80 @@
+"""`--status`: what happened to recent files, as a table a person can read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import asyncpg
+
+from app.db import Database
+
+RECENT_FILES = 20
+_COLUMNS = ("id", "received (UTC)", "file", "dataset", "status", "rows", "rejected", "note")
+
+
+@dataclass
+class StatusResult:
+    files: list[asyncpg.Record]
+    totals: dict[str, int]
+
+    def render(self) -> str:
+        if not self.files:
+            return "No files yet. Drop a CSV into the imports folder, or run: python main.py --demo"
+        rows = [_row(f) for f in self.files]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_COLUMNS)]
+        widths[-1] = len(_COLUMNS[-1])
+        lines = [_line(_COLUMNS, widths), _line(tuple("-" * w for w in widths), widths)]
+        lines += [_line(r, widths) for r in rows]
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(self.totals.items()))
+        lines.append("")
+        lines.append(f"All files: {summary or 'none'}")
+        return "\n".join(lines)
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    right = {5, 6}
+    parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+    return "  ".join(parts).rstrip()
+
+
+def _note(record: asyncpg.Record) -> str:
+    if record["error"]:
+        return record["error"]
+    warnings = json.loads(record["warnings"] or "[]")
+    notes = [
+        f"unknown fields kept in _extra: {', '.join(w['unknown_fields'])} ({w['rows']} rows)"
+        for w in warnings
+        if "unknown_fields" in w
+    ]
+    if record["duplicate_of"]:
+        notes.append(f"same content as #{record['duplicate_of']}")
+    return "; ".join(notes)
+
+
+def _row(record: asyncpg.Record) -> tuple[str, ...]:
+    return (
+        str(record["id"]),
+        record["received_at"].strftime("%Y-%m-%d %H:%M:%S"),
+        record["name"],
+        record["dataset"] or "-",
+        record["status"],
+        str(record["rows_loaded"]),
+        str(record["rows_rejected"]),
+        _note(record),
+    )
+
+
+async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
+    async with db.connection() as conn:
+        await conn.execute("SET TimeZone = 'UTC'")
+        files = await conn.fetch(
+            """
+            SELECT id, name, dataset, status, rows_loaded, rows_rejected, error, warnings::text,
+                   duplicate_of, received_at
+            FROM ingest.files ORDER BY id DESC LIMIT $1
+            """,
+            limit,
+        )
+        totals = await conn.fetch("SELECT status, count(*) AS n FROM ingest.files GROUP BY status")
+    return StatusResult(list(files), {r["status"]: r["n"] for r in totals})

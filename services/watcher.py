@@ -1,0 +1,261 @@
+"""Watch mode: notice each complete drop and hand it to the loader, until stopped.
+
+A file becomes a candidate on create, modify, close-write or rename-into-the-folder events, at
+start-up, and on every periodic rescan (events can be lost). It is taken at once after a
+close-write event, otherwise when its size and mtime have not changed for WATCH_SETTLE_SECONDS.
+Files wait in the folder while the database is away; a transient failure is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from app.db import Database, is_transient
+from app.errors import TransientError
+from app.settings import Settings
+from models.datasets import DatasetRegistry
+from services.ingest import pending_files
+from services.ingest.files import is_candidate_name
+from services.ingest.loader import FileOutcome, Loader
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 8.0  # docker stop waits 10 s before SIGKILL
+BUSY_RETRY_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclass
+class Candidate:
+    size: int
+    mtime_ns: int
+    stable_since: float
+    seen_at: datetime
+    closed: bool = False
+
+
+@dataclass
+class WatchResult:
+    loaded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+
+class _Events(FileSystemEventHandler):
+    """Runs on watchdog's thread; hands every event to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, bool], None], folder: Path) -> None:
+        self._loop = loop
+        self._note = note
+        self._folder = folder
+
+    def _in_folder(self, path: str | bytes) -> Path | None:
+        p = Path(os.fsdecode(path))
+        return p if p.parent == self._folder else None
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            target = self._in_folder(event.dest_path)
+            closed = False
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
+            target = self._in_folder(event.src_path)
+            closed = isinstance(event, FileClosedEvent)
+        else:
+            return  # deletions and opens: the settle check notices a vanished file
+        if target is not None:
+            self._loop.call_soon_threadsafe(self._note, target, closed)
+
+
+class Watcher:
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        folder: Path,
+        on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.folder = folder.resolve()
+        self.on_outcome = on_outcome
+        self.candidates: dict[Path, Candidate] = {}
+        self.in_flight: set[Path] = set()
+        self.queue: asyncio.Queue[tuple[Path, datetime]] = asyncio.Queue()
+        self.result = WatchResult()
+        self._backoff: dict[Path, float] = {}
+        self._ignored: set[Path] = set()
+
+    # -- candidates -------------------------------------------------------------------------
+
+    def note(self, path: Path, closed: bool = False) -> None:
+        if path in self.in_flight or not is_candidate_name(path.name):
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self.candidates.pop(path, None)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            if path not in self._ignored:
+                self._ignored.add(path)
+                log.warning("ignoring %s: not a regular file (links and folders are never taken)", path.name)
+            return
+        now = time.monotonic()
+        known = self.candidates.get(path)
+        if known is None or (known.size, known.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            seen = known.seen_at if known else datetime.now(timezone.utc)
+            known = self.candidates[path] = Candidate(st.st_size, st.st_mtime_ns, now, seen)
+        if closed:
+            known.closed = True
+            self._take(path)
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        for path in list(self.candidates):
+            self.note(path)
+            candidate = self.candidates.get(path)
+            if candidate and now - candidate.stable_since >= self.settings.watch_settle_seconds:
+                self._take(path)
+
+    def _take(self, path: Path) -> None:
+        candidate = self.candidates.pop(path, None)
+        if candidate is None or path in self.in_flight:
+            return
+        self.in_flight.add(path)
+        self.queue.put_nowait((path, candidate.seen_at))
+
+    def rescan(self) -> None:
+        for path in pending_files(self.folder):
+            if path not in self.candidates:
+                self.note(path)
+
+    def _retry_later(self, path: Path, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.note, path)
+
+    # -- work -------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            path, seen_at = await self.queue.get()
+            try:
+                await self._process(path, seen_at)
+            finally:
+                self.in_flight.discard(path)
+                self.queue.task_done()
+
+    async def _process(self, path: Path, seen_at: datetime) -> None:
+        try:
+            outcome = await self.loader.ingest(path, received_at=seen_at)
+        except Exception as exc:
+            if not (isinstance(exc, TransientError) or is_transient(exc)):
+                log.exception("unexpected error while loading %s; it stays in %s", path.name, self.folder)
+            delay = min(MAX_BACKOFF_SECONDS, self._backoff.get(path, 0.5) * 2)
+            self._backoff[path] = delay
+            log.warning("%s will be tried again in %.0f s: %s", path.name, delay, exc)
+            self._retry_later(path, delay)
+            return
+        self._backoff.pop(path, None)
+        if outcome.status == "busy":
+            self._retry_later(path, BUSY_RETRY_SECONDS)
+            return
+        self._count(outcome)
+        if self.on_outcome is not None:
+            await self.on_outcome(outcome)
+
+    def _count(self, outcome: FileOutcome) -> None:
+        if outcome.status == "skipped":
+            return
+        self.result.outcomes.append(outcome)
+        del self.result.outcomes[:-100]
+        if outcome.status == "failed":
+            self.result.failed += 1
+        elif outcome.status == "duplicate":
+            self.result.duplicates += 1
+        else:
+            self.result.loaded += 1
+
+    async def run(self, stop: asyncio.Event) -> WatchResult:
+        loop = asyncio.get_running_loop()
+        observer: BaseObserver = PollingObserver(timeout=1) if self.settings.watch_polling else Observer()
+        observer.schedule(_Events(loop, self.note, self.folder), str(self.folder), recursive=False)
+        observer.start()
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.ingest_workers)]
+        mode = "polling" if self.settings.watch_polling else "inotify"
+        log.info("watching %s (%s, %d workers)", self.folder, mode, len(workers))
+        self.rescan()
+        tick = min(0.25, max(0.05, self.settings.watch_settle_seconds / 4))
+        next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=tick)
+                except asyncio.TimeoutError:
+                    pass
+                self._settle()
+                if time.monotonic() >= next_rescan:
+                    next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
+                    self.rescan()
+        finally:
+            observer.stop()
+            await self._drain(workers)
+            observer.join(timeout=5)
+        log.info(
+            "stopped watching: %d loaded, %d duplicates, %d failed",
+            self.result.loaded,
+            self.result.duplicates,
+            self.result.failed,
+        )
+        return self.result
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Let the files in hand finish for a grace period, then roll back what is left."""
+        while not self.queue.empty():  # not started yet: they stay in the folder
+            path, _ = self.queue.get_nowait()
+            self.in_flight.discard(path)
+            self.queue.task_done()
+        if self.in_flight:
+            log.info("finishing %d file(s) in hand before stopping", len(self.in_flight))
+            try:
+                await asyncio.wait_for(self.queue.join(), timeout=STOP_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                log.warning("rolling back %s: they stay in the folder for next time", sorted(p.name for p in self.in_flight))
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def run_watcher(
+    settings: Settings,
+    db: Database,
+    registry: DatasetRegistry,
+    folder: Path,
+    stop: asyncio.Event,
+    on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
+) -> WatchResult:
+    folder.mkdir(parents=True, exist_ok=True)
+    watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome)
+    return await watcher.run(stop)
