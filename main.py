@@ -116,7 +116,9 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             watched = await run_watcher(settings, db, registry, folder, _stop_event())
             code = max(code, EXIT_SOME_FAILED if watched.failed else EXIT_OK)
         if args.demo:
-            print(f"\nThe demo drops were loaded from {settings.imports_dir}; see processed/ and failed/ there.")
+            print(
+                f"\nThe demo drops were loaded from {settings.imports_dir}; see processed/ and failed/ there."
+            )
         return code
     finally:
         await db.close()

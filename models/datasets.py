@@ -129,8 +129,8 @@ class DatasetSpec(BaseModel):
         return next(c for c in self.columns if c.column == name)
 
 
-def _text(column: str, source: str = "", **kw: object) -> ColumnSpec:
-    return ColumnSpec(column=column, source=source or column, **kw)  # type: ignore[arg-type]
+def _col(column: str, source: str = "", **kw: object) -> ColumnSpec:
+    return ColumnSpec(column=column, source=source or column, **kw)
 
 
 SHIPMENTS = DatasetSpec(
@@ -139,26 +139,26 @@ SHIPMENTS = DatasetSpec(
     table="shipments",
     key=("shipment_number",),
     columns=(
-        _text("job_number", "JobNumber", required=True),
-        _text("shipment_number", "ShipmentNumber", required=True),
-        _text("ship_name", "ShipName"),
-        _text("ship_address1", "ShipAddress1"),
-        _text("ship_address2", "ShipAddress2"),
-        _text("ship_address3", "ShipAddress3"),
-        _text("ship_city", "ShipCity"),
-        _text("ship_state", "ShipState"),
-        _text("ship_zip", "ShipZip"),
-        _text("ship_country", "ShipCountry"),
-        _text("ship_contact", "ShipContact"),
-        _text("instructions", "Instructions"),
-        _text("ship_phone", "ShipPhone"),
-        _text("email", "Email"),
-        _text("ship_via", "ShipVia"),
-        _text("is_partial", "IsPartial", type="boolean"),
-        _text("shipped", "Shipped", type="boolean"),
-        _text("ship_via_service", "ShipViaService"),
-        _text("scheduled_ship_date", "ScheduledShipDate", type="date"),
-        _text("scheduled_ship_quantity", "ScheduledShipQuantity", type="integer"),
+        _col("job_number", "JobNumber", required=True),
+        _col("shipment_number", "ShipmentNumber", required=True),
+        _col("ship_name", "ShipName"),
+        _col("ship_address1", "ShipAddress1"),
+        _col("ship_address2", "ShipAddress2"),
+        _col("ship_address3", "ShipAddress3"),
+        _col("ship_city", "ShipCity"),
+        _col("ship_state", "ShipState"),
+        _col("ship_zip", "ShipZip"),
+        _col("ship_country", "ShipCountry"),
+        _col("ship_contact", "ShipContact"),
+        _col("instructions", "Instructions"),
+        _col("ship_phone", "ShipPhone"),
+        _col("email", "Email"),
+        _col("ship_via", "ShipVia"),
+        _col("is_partial", "IsPartial", type="boolean"),
+        _col("shipped", "Shipped", type="boolean"),
+        _col("ship_via_service", "ShipViaService"),
+        _col("scheduled_ship_date", "ScheduledShipDate", type="date"),
+        _col("scheduled_ship_quantity", "ScheduledShipQuantity", type="integer"),
     ),
 )
 
@@ -168,11 +168,11 @@ PACKAGES = DatasetSpec(
     table="packages",
     key=("package_id",),
     columns=(
-        _text("package_id", "PackageID"),
-        _text("shipment_number", "ShipmentNumber"),
-        _text("job_number", "JobNumber", required=True),
-        _text("total_qty_shipped", "TotalQtyShipped", type="integer"),
-        _text("description", "Description"),
+        _col("package_id", "PackageID"),
+        _col("shipment_number", "ShipmentNumber"),
+        _col("job_number", "JobNumber", required=True),
+        _col("total_qty_shipped", "TotalQtyShipped", type="integer"),
+        _col("description", "Description"),
     ),
 )
 
@@ -182,10 +182,10 @@ METER_READINGS = DatasetSpec(
     table="meter_readings",
     key=("meter_id", "reading_at"),
     columns=(
-        _text("meter_id", required=True),
-        _text("reading_at", type="timestamptz", required=True, aliases=("timestamp", "ts", "time")),
-        _text("register_kwh", type="numeric"),
-        _text("power_w", type="numeric"),
+        _col("meter_id", required=True),
+        _col("reading_at", type="timestamptz", required=True, aliases=("timestamp", "ts", "time")),
+        _col("register_kwh", type="numeric"),
+        _col("power_w", type="numeric"),
     ),
     require_any=(("register_kwh", "power_w"),),
 )
@@ -196,14 +196,14 @@ SENSOR_READINGS = DatasetSpec(
     table="sensor_readings",
     key=("device_name", "reading_at"),
     columns=(
-        _text("reading_at", "timestamp", type="timestamptz", required=True),
-        _text("device_name", "deviceName", required=True),
-        _text("channel1_a", "channel1", type="numeric"),
-        _text("channel2_a", "channel2", type="numeric"),
-        _text("channel3_a", "channel3", type="numeric"),
-        _text("gateway_name", "gatewayName"),
-        _text("location"),
-        _text("dbm", type="numeric"),
+        _col("reading_at", "timestamp", type="timestamptz", required=True),
+        _col("device_name", "deviceName", required=True),
+        _col("channel1_a", "channel1", type="numeric"),
+        _col("channel2_a", "channel2", type="numeric"),
+        _col("channel3_a", "channel3", type="numeric"),
+        _col("gateway_name", "gatewayName"),
+        _col("location"),
+        _col("dbm", type="numeric"),
     ),
 )
 

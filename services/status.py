@@ -17,6 +17,7 @@ _COLUMNS = ("id", "received (UTC)", "file", "dataset", "status", "rows", "reject
 class StatusResult:
     files: list[asyncpg.Record]
     totals: dict[str, int]
+    rejects: list[asyncpg.Record]
 
     def render(self) -> str:
         if not self.files:
@@ -29,18 +30,31 @@ class StatusResult:
         summary = ", ".join(f"{count} {status}" for status, count in sorted(self.totals.items()))
         lines.append("")
         lines.append(f"All files: {summary or 'none'}")
+        if self.rejects:
+            first = self.rejects[0]
+            lines += [
+                "",
+                f"First rejected rows of #{first['file_id']} {first['name']} (see ingest.rejected_rows):",
+            ]
+            lines += [
+                f"  record {r['record_no']}, line {r['line_no']}"
+                + (f", column {r['column_name']}" if r["column_name"] else "")
+                + f": {r['reason']}"
+                for r in self.rejects
+            ]
         return "\n".join(lines)
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
     right = {5, 6}
-    parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+    pairs = enumerate(zip(cells, widths, strict=True))
+    parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs]
     return "  ".join(parts).rstrip()
 
 
 def _note(record: asyncpg.Record) -> str:
     if record["error"]:
-        return record["error"]
+        return str(record["error"])
     warnings = json.loads(record["warnings"] or "[]")
     notes = [
         f"unknown fields kept in _extra: {', '.join(w['unknown_fields'])} ({w['rows']} rows)"
@@ -77,4 +91,13 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
             limit,
         )
         totals = await conn.fetch("SELECT status, count(*) AS n FROM ingest.files GROUP BY status")
-    return StatusResult(list(files), {r["status"]: r["n"] for r in totals})
+        # Values are left out on purpose: they may hold personal data.
+        rejects = await conn.fetch(
+            """
+            SELECT r.file_id, f.name, r.record_no, r.line_no, r.column_name, r.reason
+            FROM ingest.rejected_rows r JOIN ingest.files f ON f.id = r.file_id
+            WHERE r.file_id = (SELECT max(file_id) FROM ingest.rejected_rows)
+            ORDER BY r.record_no LIMIT 5
+            """
+        )
+    return StatusResult(list(files), {r["status"]: r["n"] for r in totals}, list(rejects))

@@ -15,13 +15,12 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
-    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -66,7 +65,9 @@ class WatchResult:
 class _Events(FileSystemEventHandler):
     """Runs on watchdog's thread; hands every event to the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, bool], None], folder: Path) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, bool], None], folder: Path
+    ) -> None:
         self._loop = loop
         self._note = note
         self._folder = folder
@@ -127,7 +128,7 @@ class Watcher:
         now = time.monotonic()
         known = self.candidates.get(path)
         if known is None or (known.size, known.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            seen = known.seen_at if known else datetime.now(timezone.utc)
+            seen = known.seen_at if known else datetime.now(UTC)
             known = self.candidates[path] = Candidate(st.st_size, st.st_mtime_ns, now, seen)
         if closed:
             known.closed = True
@@ -213,7 +214,7 @@ class Watcher:
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=tick)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self._settle()
                 if time.monotonic() >= next_rescan:
@@ -241,8 +242,11 @@ class Watcher:
             log.info("finishing %d file(s) in hand before stopping", len(self.in_flight))
             try:
                 await asyncio.wait_for(self.queue.join(), timeout=STOP_GRACE_SECONDS)
-            except asyncio.TimeoutError:
-                log.warning("rolling back %s: they stay in the folder for next time", sorted(p.name for p in self.in_flight))
+            except TimeoutError:
+                log.warning(
+                    "rolling back %s: they stay in the folder for next time",
+                    sorted(p.name for p in self.in_flight),
+                )
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)

@@ -63,7 +63,12 @@ async def run_ingest(
         try:
             outcome = await loader.ingest(path)
         except Exception as exc:  # the file stays where it is; the next run tries again
-            log.error("could not load %s, it stays in place: %s", path, exc, exc_info=not isinstance(exc, TransientError))
+            log.error(
+                "could not load %s, it stays in place: %s",
+                path,
+                exc,
+                exc_info=not isinstance(exc, TransientError),
+            )
             outcome = FileOutcome(path.name, "failed", error=str(exc))
         if outcome.status in ("skipped", "busy"):
             log.warning("skipped %s: %s", path, outcome.error)

@@ -182,10 +182,7 @@ def fast_path_possible(header: HeaderMap, target: Target) -> bool:
         not header.extras
         and codecs.lookup(target.dataset.encoding).name in PG_ENCODINGS
         and not any(c.formats for _, c in mapped)
-        and (
-            is_fixed_offset(target.source_timezone)
-            or not any(c.type == "timestamptz" for _, c in mapped)
-        )
+        and (is_fixed_offset(target.source_timezone) or not any(c.type == "timestamptz" for _, c in mapped))
     )
 
 
@@ -346,9 +343,7 @@ class RowBuilder:
             if all(row[2 + k] is None for k in group):
                 names = " or ".join(self.plan[k][1].column for k in group)
                 return Reject(record_no, line_no, None, None, f"needs a value in {names}")
-        row.append(
-            json.dumps({name: record[i] or None for i, name in self.extras}) if self.extras else None
-        )
+        row.append(json.dumps({name: record[i] or None for i, name in self.extras}) if self.extras else None)
         return row
 
 
@@ -404,7 +399,8 @@ class RobustCopy:
 
     async def copy(self, chunk: Chunk) -> tuple[int, list[Reject]]:
         """Load the chunk's rows; returns rows loaded and the rows PostgreSQL refused."""
-        loaded, rejects, start = 0, [], 0
+        loaded, start = 0, 0
+        rejects: list[Reject] = []
         while start < len(chunk.rows):
             try:
                 loaded += await self._copy_part(chunk, start, None, rejects)

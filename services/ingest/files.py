@@ -9,7 +9,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.errors import UnsupportedFormat
@@ -22,9 +22,7 @@ HASH_CHUNK = 1 << 20
 def is_candidate_name(name: str) -> bool:
     """Hidden and temporary names are never taken (DESIGN §3.1)."""
     lowered = name.lower()
-    return not (
-        name.startswith(".") or any(fnmatch.fnmatchcase(lowered, p) for p in TEMPORARY_PATTERNS)
-    )
+    return not (name.startswith(".") or any(fnmatch.fnmatchcase(lowered, p) for p in TEMPORARY_PATTERNS))
 
 
 def is_regular_file(path: Path) -> bool:
@@ -100,7 +98,7 @@ def _free_name(folder: Path, name: str, file_id: int) -> Path:
 
 
 def move_to_processed(path: Path, file_id: int, when: datetime | None = None) -> Path:
-    day = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    day = (when or datetime.now(UTC)).strftime("%Y-%m-%d")
     folder = path.parent / "processed" / day
     folder.mkdir(parents=True, exist_ok=True)
     return _rename(path, _free_name(folder, path.name, file_id))

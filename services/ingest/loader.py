@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -173,7 +173,11 @@ class Loader:
         moved = move_to_processed(file.path, file_id)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
-            "%s (#%d) is a duplicate of #%d (%s); no rows loaded", file.name, file_id, existing["id"], existing["name"]
+            "%s (#%d) is a duplicate of #%d (%s); no rows loaded",
+            file.name,
+            file_id,
+            existing["id"],
+            existing["name"],
         )
         return FileOutcome(file.name, "duplicate", file_id, dataset.name, moved_to=moved)
 
@@ -256,7 +260,7 @@ class Loader:
                 "file_id": file_id,
                 "dataset": dataset.name if dataset else None,
                 "sha256": file.sha256,
-                "failed_at": datetime.now(timezone.utc).isoformat(),
+                "failed_at": datetime.now(UTC).isoformat(),
                 "error": type(exc).__name__,
                 "message": exc.message,
                 "hint": exc.hint,
@@ -265,7 +269,9 @@ class Loader:
         )
         await ledger.set_moved(conn, file_id, str(moved))
         log.warning("failed %s (#%d): %s; moved to %s", file.name, file_id, message, moved)
-        return FileOutcome(file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved)
+        return FileOutcome(
+            file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved
+        )
 
 
 async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, target: Target) -> LoadStats:
@@ -293,7 +299,11 @@ async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, targe
                 await asyncio.to_thread(stream.verify, file.sha256)
             return LoadStats(rows_loaded=rows)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            log.info("%s: COPY refused the file as it is (%s); reading it row by row", target.label, type(exc).__name__)
+            log.info(
+                "%s: COPY refused the file as it is (%s); reading it row by row",
+                target.label,
+                type(exc).__name__,
+            )
         stream = Stream(file.fd, file.identity.size, target.label, fmt)
         read_header(stream, dataset.encoding, target.label)
     stats = await copy_robust(conn, stream, header, target, file.identity.size)

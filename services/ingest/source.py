@@ -69,7 +69,9 @@ class Stream:
     def __init__(self, fd: int, size: int, label: str, fmt: FileFormat) -> None:
         self.raw = HashingReader(fd, size, label)
         buffered = io.BufferedReader(self.raw, buffer_size=READ_SIZE)
-        self._inner: IO[bytes] = gzip.GzipFile(fileobj=buffered, mode="rb") if fmt.gzip else buffered
+        self._inner: IO[bytes] = (
+            gzip.GzipFile(fileobj=buffered, mode="rb") if fmt.gzip else buffered  # type: ignore[assignment]
+        )
 
     def read(self, n: int = READ_SIZE) -> bytes:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -44,7 +44,7 @@ def localise(naive: datetime, zone: ZoneInfo) -> datetime:
             f"local time {naive:%Y-%m-%d %H:%M} happens twice in {zone.key} (clocks went back); "
             "send it with a UTC offset"
         )
-    round_trip = early.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None)
+    round_trip = early.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
     if round_trip != naive:
         raise ValueError(
             f"local time {naive:%Y-%m-%d %H:%M} does not exist in {zone.key} (clocks went "
@@ -87,4 +87,3 @@ def date_converter(formats: tuple[str, ...]) -> Converter:
         return value
 
     return convert
-

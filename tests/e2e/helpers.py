@@ -1,0 +1,160 @@
+"""Real watcher processes for the end-to-end tests: start, read their log, signal, kill."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from tests.conftest import start_cli
+
+T = TypeVar("T")
+
+METER_HEADER = "meter_id,reading_at,register_kwh,power_w\n"
+READY = "watching "  # the watcher's first line once its observer and workers run
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)
+
+
+class WatcherProcess:
+    """`python main.py --watch` as a child process, its output collected line by line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 30, start: int = 0) -> re.Match[str]:
+        """The first output line (from line `start` on) that matches the regex `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if match := regex.search(line):
+                        return match
+                if not self._reader.is_alive() and self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"watcher exited ({self.proc.returncode}) before logging {pattern!r}:\n{self.output}"
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"watcher did not log {pattern!r} within {timeout} s:\n{''.join(self.lines)}")
+                self._changed.wait(min(left, 0.2))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_for(READY, timeout)
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send `sig` and wait for the process to exit; its exit code."""
+        self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind runs in the process."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(timeout=5)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Watchers:
+    """Starts watcher processes and kills whichever is still running when the test ends."""
+
+    def __init__(self) -> None:
+        self.started: list[WatcherProcess] = []
+
+    def start(self, dsn: str, workdir: Path, *args: str, ready: bool = True, **env: str) -> WatcherProcess:
+        watcher = WatcherProcess(start_cli(dsn, workdir, "--watch", *args, **env))
+        self.started.append(watcher)
+        if ready:
+            watcher.wait_ready()
+        return watcher
+
+    def cleanup(self) -> None:
+        for watcher in self.started:
+            if watcher.alive():
+                watcher.kill()
+
+
+def meter_csv(rows: int, meters: int = 100, first_meter: int = 0, start: datetime | None = None) -> bytes:
+    """A clean meter CSV: `rows` readings of `meters` meters, ten minutes apart, register rising."""
+    base = start or datetime(2024, 1, 1, tzinfo=timezone.utc)
+    steps = (rows + meters - 1) // meters
+    times = [(base + timedelta(minutes=10 * s)).strftime("%Y-%m-%dT%H:%M:%SZ") for s in range(steps)]
+    ids = [f"M{first_meter + m:04d}" for m in range(meters)]
+    lines = [METER_HEADER]
+    lines.extend(
+        f"{ids[i % meters]},{times[i // meters]},{i // meters * 0.25:.3f},{i % 5000}\n" for i in range(rows)
+    )
+    return "".join(lines).encode()
+
+
+def drop_atomically(folder: Path, name: str, content: bytes) -> Path:
+    """Write under a hidden name, then rename into place: the watcher sees one complete file."""
+    hidden = folder / f".{name}.incoming"
+    hidden.write_bytes(content)
+    target = folder / name
+    os.rename(hidden, target)
+    return target
+
+
+def processed_files(imports: Path) -> list[Path]:
+    processed = imports / "processed"
+    return sorted(processed.glob("*/*")) if processed.exists() else []
+
+
+def today_folder(imports: Path) -> Path:
+    return imports / "processed" / datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def waiting_files(imports: Path) -> list[str]:
+    return sorted(p.name for p in imports.iterdir() if p.is_file())
