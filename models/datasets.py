@@ -74,6 +74,17 @@ class ColumnSpec(BaseModel):
         return {normalise_header(n) for n in (self.source, self.column, *self.aliases)}
 
 
+class ChildSpec(BaseModel):
+    """An array of objects inside a record whose items are rows of another dataset (JSON only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str
+    dataset: str
+    # Parent fields copied into each child row that does not carry them itself.
+    inherit: tuple[str, ...] = ()
+
+
 class DatasetSpec(BaseModel):
     """A dataset: which files belong to it and how their fields become typed staging columns."""
 
@@ -88,6 +99,7 @@ class DatasetSpec(BaseModel):
     require_any: tuple[tuple[str, ...], ...] = ()
     encoding: str = "utf-8"
     max_reject_ratio: float | None = Field(None, ge=0, le=1)
+    children: tuple[ChildSpec, ...] = ()
 
     @field_validator("name", "table")
     @classmethod
@@ -160,6 +172,9 @@ SHIPMENTS = DatasetSpec(
         _col("scheduled_ship_date", "ScheduledShipDate", type="date"),
         _col("scheduled_ship_quantity", "ScheduledShipQuantity", type="integer"),
     ),
+    children=(
+        ChildSpec(field="Packages", dataset="packages", inherit=("JobNumber", "ShipmentNumber")),
+    ),
 )
 
 PACKAGES = DatasetSpec(
@@ -217,6 +232,14 @@ class DatasetRegistry:
         tables = [d.table for d in datasets]
         if len(set(tables)) != len(tables):
             raise ValueError("two datasets write to the same staging table")
+        names = {d.name for d in datasets}
+        for dataset in datasets:
+            for child in dataset.children:
+                if child.dataset not in names or child.dataset == dataset.name:
+                    raise ValueError(
+                        f"dataset {dataset.name!r}: child array {child.field!r} names unknown "
+                        f"dataset {child.dataset!r}"
+                    )
         self.datasets = datasets
 
     @classmethod

@@ -57,7 +57,8 @@ def _note(record: asyncpg.Record) -> str:
         return str(record["error"])
     warnings = json.loads(record["warnings"] or "[]")
     notes = [
-        f"unknown fields kept in _extra: {', '.join(w['unknown_fields'])} ({w['rows']} rows)"
+        "unknown fields kept in _extra: "
+        + ", ".join(f"{name} ({rows} rows)" for name, rows in w["unknown_fields"].items())
         for w in warnings
         if "unknown_fields" in w
     ]

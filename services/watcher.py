@@ -3,6 +3,14 @@
 A file becomes a candidate on create, modify, close-write or rename-into-the-folder events, at
 start-up, and on every periodic rescan (events can be lost). It is taken at once after a
 close-write event, otherwise when its size and mtime have not changed for WATCH_SETTLE_SECONDS.
+
+With inotify the watcher also knows when a writer still holds a file open: it saw the file
+written (or created empty) and has not seen its close-write yet. Such a file is not complete,
+however long the writer pauses (an SFTP upload can stall for longer than the settle time), so the
+settle check leaves it alone; only if it stays unchanged for WATCH_RESCAN_SECONDS is it taken
+anyway, in case its close event was lost. Polling sees no writes or closes as such, so there the
+settle time alone decides.
+
 Files wait in the folder while the database is away; a transient failure is retried with backoff.
 """
 
@@ -21,6 +29,7 @@ from pathlib import Path
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -62,33 +71,41 @@ class WatchResult:
     outcomes: list[FileOutcome] = field(default_factory=list)
 
 
+# What an event says about a file: the `what` argument of Watcher.note.
+CHECK, CREATED, WRITTEN, CLOSED = "check", "created", "written", "closed"
+MOVED_IN, GONE = "moved in", "gone"
+
+
 class _Events(FileSystemEventHandler):
     """Runs on watchdog's thread; hands every event to the event loop."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, bool], None], folder: Path
+        self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, str], None], folder: Path
     ) -> None:
         self._loop = loop
         self._note = note
         self._folder = folder
 
-    def _in_folder(self, path: str | bytes) -> Path | None:
+    def _send(self, path: str | bytes, what: str) -> None:
         p = Path(os.fsdecode(path))
-        return p if p.parent == self._folder else None
+        if p.parent == self._folder:
+            self._loop.call_soon_threadsafe(self._note, p, what)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            target = self._in_folder(event.dest_path)
-            closed = False
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
-            target = self._in_folder(event.src_path)
-            closed = isinstance(event, FileClosedEvent)
-        else:
-            return  # deletions and opens: the settle check notices a vanished file
-        if target is not None:
-            self._loop.call_soon_threadsafe(self._note, target, closed)
+            self._send(event.src_path, GONE)
+            self._send(event.dest_path, MOVED_IN)
+        elif isinstance(event, FileClosedEvent):  # close-write only; close-nowrite is its own class
+            self._send(event.src_path, CLOSED)
+        elif isinstance(event, FileModifiedEvent):
+            self._send(event.src_path, WRITTEN)
+        elif isinstance(event, FileCreatedEvent):
+            self._send(event.src_path, CREATED)
+        elif isinstance(event, FileDeletedEvent):
+            self._send(event.src_path, GONE)
+        # opens, closes without writes, attribute changes: the settle check sees what matters
 
 
 class Watcher:
@@ -109,17 +126,31 @@ class Watcher:
         self.result = WatchResult()
         self._backoff: dict[Path, float] = {}
         self._ignored: set[Path] = set()
+        # inotify only: files a writer holds open (written or created empty, no close-write yet)
+        self._track_writers = not settings.watch_polling
+        self.open_for_writing: set[Path] = set()
 
     # -- candidates -------------------------------------------------------------------------
 
-    def note(self, path: Path, closed: bool = False) -> None:
-        if path in self.in_flight or not is_candidate_name(path.name):
+    def note(self, path: Path, what: str = CHECK) -> None:
+        if not is_candidate_name(path.name):
+            return
+        # Kept up to date for a file in flight too: if it is written to while it is loaded, the
+        # load fails (the file changed) and the retry must wait for the writer's close.
+        if what == WRITTEN and self._track_writers:
+            self.open_for_writing.add(path)
+        elif what in (CLOSED, MOVED_IN, GONE):
+            self.open_for_writing.discard(path)
+        if path in self.in_flight:
             return
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             self.candidates.pop(path, None)
+            self.open_for_writing.discard(path)
             return
+        if what == CREATED and self._track_writers and st.st_size == 0:
+            self.open_for_writing.add(path)  # created by open(): its data is still to come
         if not stat.S_ISREG(st.st_mode):
             if path not in self._ignored:
                 self._ignored.add(path)
@@ -130,16 +161,30 @@ class Watcher:
         if known is None or (known.size, known.mtime_ns) != (st.st_size, st.st_mtime_ns):
             seen = known.seen_at if known else datetime.now(UTC)
             known = self.candidates[path] = Candidate(st.st_size, st.st_mtime_ns, now, seen)
-        if closed:
+        if what == CLOSED:
             known.closed = True
             self._take(path)
 
     def _settle(self) -> None:
         now = time.monotonic()
+        settle = self.settings.watch_settle_seconds
         for path in list(self.candidates):
             self.note(path)
             candidate = self.candidates.get(path)
-            if candidate and now - candidate.stable_since >= self.settings.watch_settle_seconds:
+            if candidate is None:
+                continue
+            unchanged = now - candidate.stable_since
+            if path not in self.open_for_writing:
+                if unchanged >= settle:
+                    self._take(path)
+            elif unchanged >= max(settle, self.settings.watch_rescan_seconds):
+                log.warning(
+                    "taking %s although its writer never closed it: it has not changed for %.0f s "
+                    "(its close event may have been lost)",
+                    path.name,
+                    unchanged,
+                )
+                self.open_for_writing.discard(path)
                 self._take(path)
 
     def _take(self, path: Path) -> None:

@@ -11,26 +11,35 @@ which rows it skipped and why), keeps every good row and records every bad one.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import codecs
 import csv
-import io
 import json
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from contextlib import aclosing
+from dataclasses import dataclass
 
 import asyncpg
 
-from app.errors import EmptyFile, EncodingError, MalformedFile, MissingColumns, TooManyRejects
-from models.datasets import TYPE_EXPECTATIONS, ColumnSpec, DatasetSpec, normalise_header
-from services.ingest.source import READ_SIZE, Stream
-from services.ingest.values import Converter, date_converter, is_fixed_offset, timestamp_converter
+from app.errors import MalformedFile, MissingColumns
+from models.datasets import ColumnSpec, DatasetSpec, normalise_header
+from services.ingest.rows import (
+    Chunk,
+    LoadStats,
+    Reject,
+    RobustCopy,
+    RowPlan,
+    Target,
+    Value,
+    check_ratio,
+    prefetched,
+    stop_early_if_hopeless,
+)
+from services.ingest.source import READ_SIZE, Stream, decode_line
+from services.ingest.values import is_fixed_offset
 
 MAX_LINE_BYTES = 1 << 20
 MAX_RECORD_LINES = 10_000
-CHUNK_RECORDS = 20_000
 csv.field_size_limit(MAX_LINE_BYTES)
 
 # Python codec name → PostgreSQL encoding name, for the encodings COPY can read directly.
@@ -42,46 +51,6 @@ PG_ENCODINGS = {
     "cp1250": "WIN1250",
     "ascii": "SQL_ASCII",
 }
-_SKIPPED = re.compile(r'at line (\d+) for column "(.+?)": ')
-_CONTEXT_LINE = re.compile(r"line (\d+)(?:, column (\w+))?")
-
-
-@dataclass(frozen=True)
-class Reject:
-    record_no: int | None
-    line_no: int | None
-    column: str | None
-    value: str | None
-    reason: str
-
-    def summary(self) -> str:
-        where = f"record {self.record_no} (line {self.line_no})"
-        column = f", column {self.column}" if self.column else ""
-        return f"{where}{column}: {self.reason}"
-
-
-@dataclass
-class LoadStats:
-    rows_loaded: int = 0
-    rejects: list[Reject] = field(default_factory=list)
-    warnings: list[dict[str, object]] = field(default_factory=list)
-    path: str = "fast"
-
-    @property
-    def rows_rejected(self) -> int:
-        return len(self.rejects)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a file's data lands: the staging table and the ledger id of the file."""
-
-    schema: str
-    dataset: DatasetSpec
-    file_id: int
-    label: str
-    source_timezone: str
-    max_reject_ratio: float
 
 
 @dataclass
@@ -97,23 +66,6 @@ class HeaderMap:
 
     def mapped(self) -> list[tuple[int, ColumnSpec]]:
         return [(i, t) for i, t in enumerate(self.targets) if t is not None]
-
-
-def decode_line(raw: bytes, encoding: str, line_no: int, label: str) -> str:
-    codec = "utf-8-sig" if line_no == 1 and codecs.lookup(encoding).name == "utf-8" else encoding
-    try:
-        return raw.decode(codec)
-    except UnicodeDecodeError as exc:
-        byte = raw[exc.start : exc.start + 1].hex()
-        raise EncodingError(
-            f"byte 0x{byte} at line {line_no}, position {exc.start + 1}, is not valid {encoding}",
-            hint=(
-                "If the file uses another encoding, set `encoding` for this dataset in "
-                'datasets.toml (e.g. encoding = "cp1252"); a binary file cannot be loaded'
-            ),
-            file_name=label,
-            line_no=line_no,
-        ) from None
 
 
 def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
@@ -207,28 +159,6 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
     return int(status.split()[-1])
 
 
-@dataclass
-class Chunk:
-    """Parsed records ready for one COPY, with what is needed to name a rejected one."""
-
-    rows: list[list[str | int | None]] = field(default_factory=list)
-    record_nos: list[int] = field(default_factory=list)
-    line_nos: list[int] = field(default_factory=list)
-    line_ends: list[int] = field(default_factory=list)  # last COPY line of each row
-    rejects: list[Reject] = field(default_factory=list)
-    records: int = 0
-
-    def payload(self, start: int = 0, stop: int | None = None) -> bytes:
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(self.rows[start:stop])
-        return out.getvalue().encode("utf-8")
-
-    def row_at_line(self, line: int, start: int) -> int:
-        """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`."""
-        offset = self.line_ends[start - 1] if start else 0
-        return bisect.bisect_left(self.line_ends, line + offset, lo=start)
-
-
 class RecordReader:
     """Physical lines → CSV records with record and line numbers.
 
@@ -301,228 +231,73 @@ class RecordReader:
                 yield record
 
 
-class RowBuilder:
-    """Turns parsed records into staging rows, rejecting what Python can already tell is bad."""
+class CsvRows:
+    """Parsed CSV records → staging rows (the fields the header maps, in header order)."""
 
     def __init__(self, header: HeaderMap, target: Target) -> None:
-        self.target = target
+        mapped = header.mapped()
         self.width = len(header.fields)
-        self.plan: list[tuple[int, ColumnSpec, Converter | None]] = [
-            (i, c, _converter(c, target.source_timezone)) for i, c in header.mapped()
-        ]
+        self.indexes = [i for i, _ in mapped]
+        self.plan = RowPlan([c for _, c in mapped], target)
         self.extras = [(i, header.fields[i] or f"column_{i + 1}") for i in header.extras]
-        self.any_groups = [
-            [k for k, (_, c, _) in enumerate(self.plan) if c.column in group]
-            for group in target.dataset.require_any
-        ]
-        self.columns = ["_file_id", "_record_no", *(c.column for _, c, _ in self.plan), "_extra"]
 
-    def build(self, record: list[str], record_no: int, line_no: int) -> list[str | int | None] | Reject:
-        if len(record) != self.width:
-            return Reject(
-                record_no,
-                line_no,
-                None,
-                ",".join(record)[:1000],
-                f"has {len(record)} fields; the header has {self.width}",
-            )
-        row: list[str | int | None] = [self.target.file_id, record_no]
-        for index, column, convert in self.plan:
-            value: str | None = record[index]
-            if value == "":
-                value = None
-            if column.required and (value is None or not value.strip(" ")):
-                return Reject(record_no, line_no, column.column, value, "a required value is missing")
-            if value is not None and convert is not None:
-                try:
-                    value = convert(value)
-                except ValueError as exc:
-                    return Reject(record_no, line_no, column.column, value, str(exc))
-            row.append(value)
-        for group in self.any_groups:
-            if all(row[2 + k] is None for k in group):
-                names = " or ".join(self.plan[k][1].column for k in group)
-                return Reject(record_no, line_no, None, None, f"needs a value in {names}")
-        row.append(json.dumps({name: record[i] or None for i, name in self.extras}) if self.extras else None)
-        return row
+    def chunks(self, reader: RecordReader) -> Iterator[Chunk]:
+        chunk = Chunk()
+        record_no = 0
+        for record in reader.records():
+            record_no += 1
+            chunk.records += 1
+            row = self._row(reader, record, record_no)
+            if isinstance(row, Reject):
+                chunk.rejects.append(row)
+                continue
+            chunk.add(row, record_no, reader.start_line, 1 + reader.end_line - reader.start_line, None)
+            if chunk.full():
+                yield chunk
+                chunk = Chunk()
+        yield chunk
 
-
-def _converter(column: ColumnSpec, zone: str) -> Converter | None:
-    if column.type == "timestamptz" and (column.formats or not is_fixed_offset(zone)):
-        return timestamp_converter(zone, column.formats)
-    if column.type == "date" and column.formats:
-        return date_converter(column.formats)
-    return None
-
-
-def chunks(reader: RecordReader, builder: RowBuilder) -> Iterator[Chunk]:
-    chunk = Chunk()
-    record_no = 0
-    copy_line = 0
-    for record in reader.records():
-        record_no += 1
-        chunk.records += 1
+    def _row(self, reader: RecordReader, record: list[str], record_no: int) -> list[Value] | Reject:
+        line_no = reader.start_line
+        dataset = self.plan.target.dataset.name
         if reader.unterminated:
-            chunk.rejects.append(
-                Reject(record_no, reader.start_line, None, None, "a quote opened here is never closed")
-            )
-            continue
-        row = builder.build(record, record_no, reader.start_line)
-        if isinstance(row, Reject):
-            chunk.rejects.append(row)
-            continue
-        copy_line += 1 + reader.end_line - reader.start_line
-        chunk.rows.append(row)
-        chunk.record_nos.append(record_no)
-        chunk.line_nos.append(reader.start_line)
-        chunk.line_ends.append(copy_line)
-        if len(chunk.rows) >= CHUNK_RECORDS:
-            yield chunk
-            chunk, copy_line = Chunk(), 0
-    yield chunk
-
-
-class RobustCopy:
-    """COPY of parsed chunks that attributes every row PostgreSQL refuses to its record."""
-
-    def __init__(self, conn: asyncpg.Connection, target: Target, builder: RowBuilder) -> None:
-        self.conn = conn
-        self.target = target
-        self.builder = builder
-        self.skip_bad = conn.get_server_version().major >= 17
-        options = "FORMAT csv" + (", ON_ERROR ignore, LOG_VERBOSITY verbose" if self.skip_bad else "")
-        quoted = ", ".join(f'"{c}"' for c in builder.columns)
-        self.statement = (
-            f'COPY "{target.schema}"."{target.dataset.table}" ({quoted}) FROM STDIN WITH ({options})'
-        )
-        self.notices: list[str] = []
-
-    async def copy(self, chunk: Chunk) -> tuple[int, list[Reject]]:
-        """Load the chunk's rows; returns rows loaded and the rows PostgreSQL refused."""
-        loaded, start = 0, 0
-        rejects: list[Reject] = []
-        while start < len(chunk.rows):
-            try:
-                loaded += await self._copy_part(chunk, start, None, rejects)
-                break
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                # A row COPY cannot skip: reject it, load the rows before it, go on after it.
-                bad = self._locate(exc, chunk, start)
-                rejects.append(self._reject(chunk, bad, _column_of(exc), str(exc)))
-                if bad > start:
-                    loaded += await self._copy_part(chunk, start, bad, rejects)
-                start = bad + 1
-        return loaded, rejects
-
-    async def _copy_part(self, chunk: Chunk, start: int, stop: int | None, rejects: list[Reject]) -> int:
-        self.notices.clear()
-        sent = (stop if stop is not None else len(chunk.rows)) - start
-        async with self.conn.transaction():
-            # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is
-            # the same call with our own statement.
-            status = await self.conn._copy_in(self.statement, memoryview(chunk.payload(start, stop)), None)
-        loaded = int(status.split()[-1])
-        for _ in range(100):  # notices are delivered by the event loop; let it run
-            if len(self.notices) >= sent - loaded:
-                break
-            await asyncio.sleep(0)
-        skipped = [_SKIPPED.search(n) for n in self.notices]
-        if len([m for m in skipped if m]) != sent - loaded:
-            raise RuntimeError(
-                f"PostgreSQL skipped {sent - loaded} rows but reported {len(skipped)}; "
-                "is lc_messages set to a language other than English?"
-            )
-        for match in skipped:
-            if match:
-                index = chunk.row_at_line(int(match.group(1)), start)
-                column = match.group(2)
-                expected = _expectation(self.target.dataset, column)
-                rejects.append(self._reject(chunk, index, column, f"not {expected}"))
-        return loaded
-
-    def _locate(self, exc: asyncpg.PostgresError, chunk: Chunk, start: int) -> int:
-        match = _CONTEXT_LINE.search(getattr(exc, "context", "") or "")
-        if not match:
-            raise MalformedFile(f"PostgreSQL refused the data: {exc}", file_name=self.target.label)
-        return chunk.row_at_line(int(match.group(1)), start)
-
-    def _reject(self, chunk: Chunk, index: int, column: str | None, reason: str) -> Reject:
-        row = chunk.rows[index]
-        value = None
-        if column in self.builder.columns:
-            cell = row[self.builder.columns.index(column)]
-            value = None if cell is None else str(cell)
-        return Reject(chunk.record_nos[index], chunk.line_nos[index], column, value, reason)
-
-    def on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
-        self.notices.append(str(getattr(message, "message", message)))
-
-
-def _column_of(exc: asyncpg.PostgresError) -> str | None:
-    match = _CONTEXT_LINE.search(getattr(exc, "context", "") or "")
-    return match.group(2) if match and match.group(2) else getattr(exc, "column_name", None)
-
-
-def _expectation(dataset: DatasetSpec, column: str) -> str:
-    spec = next((c for c in dataset.columns if c.column == column), None)
-    return TYPE_EXPECTATIONS[spec.type] if spec else "a valid value"
+            return Reject(record_no, line_no, None, None, "a quote opened here is never closed", dataset)
+        if len(record) != self.width:
+            fields = f"has {len(record)} fields; the header has {self.width}"
+            return Reject(record_no, line_no, None, ",".join(record)[:1000], fields, dataset)
+        values: list[str | None] = [record[i] or None for i in self.indexes]
+        extra = json.dumps({name: record[i] or None for i, name in self.extras}) if self.extras else None
+        return self.plan.row(values, record_no, line_no, extra)
 
 
 async def copy_robust(
     conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target, size: int
 ) -> LoadStats:
-    builder = RowBuilder(header, target)
+    rows = CsvRows(header, target)
     reader = RecordReader(stream, target.dataset, target.label)
-    copier = RobustCopy(conn, target, builder)
     stats = LoadStats(path="robust")
-    produced = chunks(reader, builder)
-    records = 0
-    conn.add_log_listener(copier.on_notice)
-    try:
-        next_chunk = asyncio.create_task(asyncio.to_thread(next, produced, None))
-        while (chunk := await next_chunk) is not None:
-            # Parse the next chunk in a thread while PostgreSQL types this one.
-            next_chunk = asyncio.create_task(asyncio.to_thread(next, produced, None))
-            loaded, refused = await copier.copy(chunk)
-            stats.rows_loaded += loaded
-            stats.rejects.extend(chunk.rejects)
-            stats.rejects.extend(refused)
-            records += chunk.records
-            _stop_early_if_hopeless(stats, records, stream.raw.bytes_read, size, target)
-    finally:
-        conn.remove_log_listener(copier.on_notice)
-    stats.rejects.sort(key=lambda r: r.record_no or 0)
+    await load_chunks(conn, RobustCopy(conn, rows.plan), rows.chunks(reader), stats, stream, size)
     if header.extras:
         names = [header.fields[i] or f"column_{i + 1}" for i in header.extras]
-        stats.warnings.append({"unknown_fields": names, "rows": stats.rows_loaded})
-    _check_ratio(stats, records, target)
+        stats.warnings.append({"unknown_fields": {name: stats.rows_loaded for name in names}})
+    check_ratio(stats, target)
     return stats
 
 
-def _stop_early_if_hopeless(stats: LoadStats, records: int, read: int, size: int, target: Target) -> None:
-    """Give up before the end when the bad rows already exceed the limit for the whole file."""
-    if records < 10_000 or not read:
-        return
-    estimated_records = records * max(size, read) / read
-    if stats.rows_rejected > 1.5 * target.max_reject_ratio * estimated_records:
-        _check_ratio(stats, records, target, partial=True)
-
-
-def _check_ratio(stats: LoadStats, records: int, target: Target, partial: bool = False) -> None:
-    if records == 0:
-        raise EmptyFile(
-            "the file has a header but no data rows",
-            hint="Nothing to load; drop the file again once it has rows",
-            file_name=target.label,
-        )
-    ratio = stats.rows_rejected / records
-    if ratio > target.max_reject_ratio or partial:
-        examples = "; ".join(r.summary() for r in stats.rejects[:3])
-        scope = "of the first " if partial else "of "
-        raise TooManyRejects(
-            f"{stats.rows_rejected} {scope}{records} rows are bad ({ratio:.1%}, above the "
-            f"{target.max_reject_ratio:.1%} allowed). First problems: {examples}",
-            hint="Fix the rows and drop the file again, or raise MAX_REJECT_RATIO "
-            "(or the dataset's max_reject_ratio)",
-            file_name=target.label,
-        )
+async def load_chunks(
+    conn: asyncpg.Connection,
+    copier: RobustCopy,
+    produced: Iterator[Chunk],
+    stats: LoadStats,
+    stream: Stream,
+    size: int,
+) -> None:
+    async with aclosing(prefetched(produced)) as chunks:
+        async for chunk in chunks:
+            loaded, refused = await copier.copy(chunk)
+            stats.rows_loaded += loaded
+            stats.records += chunk.records
+            stats.rejects.extend(chunk.rejects)
+            stats.rejects.extend(refused)
+            stop_early_if_hopeless(stats, stream.raw.bytes_read, size, copier.plan.target)
+    stats.rejects.sort(key=lambda r: r.record_no or 0)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.ingest.csv_load import Reject
+from services.ingest.rows import Reject
 
 
 async def find_loaded(conn: asyncpg.Connection, dataset: str, sha256: str) -> asyncpg.Record | None:
@@ -68,7 +68,7 @@ async def finish_load(
         await conn.copy_records_to_table(
             "rejected_rows",
             schema_name="ingest",
-            columns=["file_id", "record_no", "line_no", "column_name", "value", "reason"],
+            columns=["file_id", "dataset", "record_no", "line_no", "column_name", "value", "reason", "raw"],
             records=_reject_records(file_id, rejects),
         )
     await conn.execute(
@@ -88,7 +88,7 @@ async def finish_load(
 
 def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[object, ...]]:
     for r in rejects:
-        yield (file_id, r.record_no, r.line_no, r.column, r.value, r.reason)
+        yield (file_id, r.dataset, r.record_no, r.line_no, r.column, r.value, r.reason, r.raw)
 
 
 async def set_moved(conn: asyncpg.Connection, file_id: int, moved_to: str) -> None:

@@ -26,8 +26,6 @@ from app.settings import Settings
 from models.datasets import DatasetRegistry, DatasetSpec
 from services.ingest import ledger
 from services.ingest.csv_load import (
-    LoadStats,
-    Target,
     copy_fast,
     copy_robust,
     fast_path_possible,
@@ -46,6 +44,8 @@ from services.ingest.files import (
     open_no_follow,
     still_there,
 )
+from services.ingest.json_load import copy_json, first_record_keys
+from services.ingest.rows import LoadStats, Target
 from services.ingest.source import Stream
 
 log = logging.getLogger(__name__)
@@ -137,13 +137,15 @@ class Loader:
         by_name = self.registry.by_name(file.name)
         if by_name is not None:
             return by_name
+        stream = Stream(file.fd, file.identity.size, file.name, fmt)
         if fmt.kind == "csv":
             # The header decides; latin-1 decodes any bytes, the dataset's encoding applies later.
-            stream = Stream(file.fd, file.identity.size, file.name, fmt)
-            header = read_header(stream, "latin-1", file.name)
-            by_header = self.registry.by_header(header)
-            if by_header is not None:
-                return by_header
+            fields = read_header(stream, "latin-1", file.name)
+        else:
+            fields = first_record_keys(stream, fmt, file.name)
+        by_fields = self.registry.by_header(fields)
+        if by_fields is not None:
+            return by_fields
         raise UnknownDataset(
             "no dataset matches this file's name or header",
             hint=f"Name it after a dataset pattern or declare one in datasets.toml. Datasets: "
@@ -208,7 +210,7 @@ class Loader:
                     else self.settings.max_reject_ratio
                 ),
             )
-            stats = await load_csv(conn, file, fmt, target)
+            stats = await load_file(conn, file, fmt, target, self.registry)
             status = await ledger.finish_load(
                 conn, file_id, rows_loaded=stats.rows_loaded, rejects=stats.rejects, warnings=stats.warnings
             )
@@ -274,9 +276,9 @@ class Loader:
         )
 
 
-async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, target: Target) -> LoadStats:
-    """Fast path first; on any refusal by PostgreSQL, the robust path from the start."""
-    schema, dataset = target.schema, target.dataset
+async def load_file(
+    conn: asyncpg.Connection, file: _File, fmt: FileFormat, target: Target, registry: DatasetRegistry
+) -> LoadStats:
     await conn.execute(
         "SELECT set_config('loadbay.file_id', $1, true), set_config('TimeZone', $2, true), "
         "set_config('DateStyle', 'ISO, YMD', true)",
@@ -284,6 +286,20 @@ async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, targe
         target.source_timezone,
     )
     stream = Stream(file.fd, file.identity.size, target.label, fmt)
+    if fmt.kind == "csv":
+        stats, stream = await load_csv(conn, stream, target)
+    else:
+        stats = await copy_json(conn, stream, fmt, target, registry)
+    # The bytes loaded must be the bytes hashed: a file still being written is taken again later.
+    await asyncio.to_thread(stream.verify, file.sha256)
+    return stats
+
+
+async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> tuple[LoadStats, Stream]:
+    """Fast path first; on any refusal by PostgreSQL, the robust path from the start.
+
+    Returns the statistics and the stream that was read to the end."""
+    schema, dataset = target.schema, target.dataset
     header = map_header(read_header(stream, dataset.encoding, target.label), dataset, target.label)
     if fast_path_possible(header, target):
         # Loads of one table take turns so that the table's record sequence restarts at 1.
@@ -296,16 +312,13 @@ async def load_csv(conn: asyncpg.Connection, file: _File, fmt: FileFormat, targe
                 rows = await copy_fast(conn, stream, header, target)
                 if rows == 0:
                     raise EmptyFile("the file has a header but no data rows", hint="Nothing to load")
-                await asyncio.to_thread(stream.verify, file.sha256)
-            return LoadStats(rows_loaded=rows)
+            return LoadStats(rows_loaded=rows, records=rows), stream
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             log.info(
                 "%s: COPY refused the file as it is (%s); reading it row by row",
                 target.label,
                 type(exc).__name__,
             )
-        stream = Stream(file.fd, file.identity.size, target.label, fmt)
+        stream = stream.reopen()
         read_header(stream, dataset.encoding, target.label)
-    stats = await copy_robust(conn, stream, header, target, file.identity.size)
-    await asyncio.to_thread(stream.verify, file.sha256)
-    return stats
+    return await copy_robust(conn, stream, header, target, stream.raw.size), stream

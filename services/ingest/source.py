@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -11,7 +12,7 @@ import time
 import zlib
 from typing import IO
 
-from app.errors import FileChanged, MalformedFile
+from app.errors import EncodingError, FileChanged, MalformedFile
 from services.ingest.files import FileFormat
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,8 @@ class HashingReader(io.RawIOBase):
 
     def __init__(self, fd: int, size: int, label: str) -> None:
         super().__init__()
-        os.lseek(fd, 0, os.SEEK_SET)
         self._fd = fd
-        self._size = size
+        self.size = size
         self._label = label
         self._digest = hashlib.sha256()
         self.bytes_read = 0
@@ -37,26 +37,27 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = os.read(self._fd, len(buffer))
+        # pread: several readers of one descriptor (a probe and the load) keep their own position.
+        data = os.pread(self._fd, len(buffer), self.bytes_read)
         n = len(data)
         buffer[:n] = data
         self._digest.update(data)
         self.bytes_read += n
         now = time.monotonic()
-        if self._size and now - self._last_report >= PROGRESS_EVERY_S:
+        if self.size and now - self._last_report >= PROGRESS_EVERY_S:
             self._last_report = now
             log.info(
                 "%s: %.0f%% read (%.1f of %.1f MB)",
                 self._label,
-                100 * self.bytes_read / self._size,
+                100 * self.bytes_read / self.size,
                 self.bytes_read / 1e6,
-                self._size / 1e6,
+                self.size / 1e6,
             )
         return n
 
     def verify(self, sha256: str) -> None:
         """Raise FileChanged unless the bytes read are exactly the bytes that were hashed."""
-        if self.bytes_read != self._size or self._digest.hexdigest() != sha256:
+        if self.bytes_read != self.size or self._digest.hexdigest() != sha256:
             raise FileChanged(
                 f"{self._label} changed while it was loaded",
                 hint="It was still being written; it will be loaded once it is complete",
@@ -67,6 +68,7 @@ class Stream:
     """The decompressed content of a file, read by lines (robust path) or blocks (COPY)."""
 
     def __init__(self, fd: int, size: int, label: str, fmt: FileFormat) -> None:
+        self._args = (fd, size, label, fmt)
         self.raw = HashingReader(fd, size, label)
         buffered = io.BufferedReader(self.raw, buffer_size=READ_SIZE)
         self._inner: IO[bytes] = (
@@ -86,6 +88,17 @@ class Stream:
         except (OSError, EOFError, zlib.error) as exc:
             raise _damaged(exc) from exc
 
+    def peek(self, n: int) -> bytes:
+        """Up to `n` bytes from the start of what is left, without consuming them."""
+        try:
+            return self._inner.peek(n)[:n]  # type: ignore[attr-defined,no-any-return]
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _damaged(exc) from exc
+
+    def reopen(self) -> Stream:
+        """A second, independent reader of the same file from its start."""
+        return Stream(*self._args)
+
     def drain(self) -> None:
         """Read to the end, so that the hash check covers the whole file."""
         while self.read(READ_SIZE):
@@ -100,3 +113,20 @@ def _damaged(exc: BaseException) -> MalformedFile:
     return MalformedFile(
         f"the gzip data is damaged ({exc})", hint="Compress the file again and send it again"
     )
+
+
+def decode_line(raw: bytes, encoding: str, line_no: int, label: str) -> str:
+    codec = "utf-8-sig" if line_no == 1 and codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start : exc.start + 1].hex()
+        raise EncodingError(
+            f"byte 0x{byte} at line {line_no}, position {exc.start + 1}, is not valid {encoding}",
+            hint=(
+                "If the file uses another encoding, set `encoding` for this dataset in "
+                'datasets.toml (e.g. encoding = "cp1252"); a binary file cannot be loaded'
+            ),
+            file_name=label,
+            line_no=line_no,
+        ) from None

@@ -1,0 +1,364 @@
+"""JSON and NDJSON files (optionally gzipped) into staging, streamed record by record.
+
+A `.json` file is a top-level array, an object wrapping the array under `data`, `records`,
+`items` or `results`, or a single object. Records are parsed by ijson's C backend as they are
+read, so memory does not grow with the file. Nested objects flatten to `parent__child`; an array
+of objects that the dataset declares as a child becomes rows of the child dataset (a shipment's
+`Packages` become `packages` rows, inheriting JobNumber and ShipmentNumber); other arrays are kept
+as JSON text. Numbers keep every digit; `false`, `0` and `""` keep their meaning. Fields the
+dataset does not know go to `_extra` and are listed in the ledger's warnings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from decimal import Decimal
+from itertools import accumulate
+
+import asyncpg
+import ijson
+
+from app.errors import MalformedFile
+from models.datasets import ChildSpec, DatasetRegistry, normalise_header
+from services.ingest.files import FileFormat
+from services.ingest.rows import (
+    Chunk,
+    LoadStats,
+    Reject,
+    RobustCopy,
+    RowPlan,
+    Target,
+    Value,
+    check_ratio,
+    json_text,
+    prefetched,
+    raw_text,
+    stop_early_if_hopeless,
+)
+from services.ingest.source import Stream, decode_line
+
+WRAPPER_KEYS = ("data", "records", "items", "results")
+MAX_NDJSON_LINE = 16 << 20
+_HINT = "Check that the file is complete (not cut off) and is JSON; a CSV file must be named .csv"
+
+
+class JsonSource:
+    """The records of a JSON or NDJSON stream, with their record and line numbers."""
+
+    def __init__(self, stream: Stream, fmt: FileFormat, label: str) -> None:
+        self.stream = _Tail(stream)
+        self.kind = fmt.kind
+        self.label = label
+        self.line_no: int | None = None
+
+    def records(self) -> Iterator[object]:
+        """Each record as parsed; a line of NDJSON that is not JSON comes as `_BadLine`."""
+        if self.kind == "ndjson":
+            yield from self._ndjson()
+            return
+        first = self.stream.first_char()
+        if first not in ("[", "{"):
+            shown = self.stream.head(40)
+            raise MalformedFile(
+                f"the file is not JSON: it starts with {shown!r}",
+                hint="A CSV file must be named .csv; JSON starts with [ or {",
+                file_name=self.label,
+            )
+        prefix = "item" if first == "[" else None
+        try:
+            if prefix is None:
+                prefix = self._object_prefix()
+            yield from ijson.items(self.stream, prefix, use_float=False, buf_size=65536)
+        except ijson.JSONError as exc:
+            raise self._malformed(exc) from None
+
+    def _object_prefix(self) -> str:
+        """`data.item` (etc.) for a wrapper object, or "" when the object is itself the record."""
+        probe = _Tail(self.stream.reopen())
+        depth = 0
+        key = None
+        for prefix, event, value in ijson.parse(probe, buf_size=65536):
+            if event in ("start_map", "start_array"):
+                if depth == 1 and event == "start_array" and key in WRAPPER_KEYS:
+                    return f"{key}.item"
+                depth += 1
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+            elif event == "map_key" and depth == 1 and prefix == "":
+                key = value
+        return ""
+
+    def _ndjson(self) -> Iterator[object]:
+        self.line_no = 0
+        while raw := self.stream.readline(MAX_NDJSON_LINE + 1):
+            self.line_no += 1
+            if len(raw) > MAX_NDJSON_LINE:
+                raise MalformedFile(
+                    f"line {self.line_no} is longer than {MAX_NDJSON_LINE >> 20} MiB",
+                    hint="NDJSON has one record a line",
+                    file_name=self.label,
+                    line_no=self.line_no,
+                )
+            text = decode_line(raw, "utf-8", self.line_no, self.label)
+            if not text.strip():
+                continue
+            try:
+                yield json.loads(text, parse_float=Decimal)
+            except json.JSONDecodeError as exc:
+                yield _BadLine(text.rstrip("\r\n"), f"not valid JSON: {exc.msg} at column {exc.colno}")
+
+    def _malformed(self, exc: Exception) -> MalformedFile:
+        message = str(exc).split("\n")[0].strip()
+        offset = self.stream.locate(str(exc))
+        return MalformedFile(
+            f"the JSON is not valid at byte {offset}: {message}", hint=_HINT, file_name=self.label
+        )
+
+
+@dataclass(frozen=True)
+class _BadLine:
+    text: str
+    reason: str
+
+
+class _Tail:
+    """A stream reader that remembers the last bytes it handed out, to place a parse error."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self.consumed = 0
+        self._tail = b""
+        self._started = False
+
+    def reopen(self) -> Stream:
+        return self._stream.reopen()
+
+    def read(self, n: int = 65536) -> bytes:
+        data = self._stream.read(n)
+        if not self._started:
+            self._started = True
+            data = data.removeprefix(b"\xef\xbb\xbf")
+        self.consumed += len(data)
+        self._tail = (self._tail + data)[-(2 * 65536) :]
+        return data
+
+    def readline(self, limit: int) -> bytes:
+        line = self._stream.readline(limit)
+        self.consumed += len(line)
+        return line
+
+    def first_char(self) -> str:
+        head = self._stream.peek(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+        return chr(head[0]) if head else ""
+
+    def head(self, n: int) -> str:
+        return self._stream.peek(n).decode("utf-8", errors="replace")[:n]
+
+    def locate(self, message: str) -> int:
+        """The byte offset yajl's message points at, or how far the parser had read."""
+        lines = message.split("\n")
+        if len(lines) >= 3 and "^" in lines[2]:
+            shown, pointer = lines[1], lines[2].index("^")
+            snippet = shown.strip()
+            if snippet:
+                start = shown.index(snippet)
+                haystack = self._tail.translate(bytes.maketrans(b"\n\r\t", b"   "))
+                found = haystack.rfind(snippet.encode("utf-8", errors="replace"))
+                if found >= 0:
+                    return self.consumed - len(self._tail) + found + (pointer - start)
+        return self.consumed
+
+
+def flatten(record: dict[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}__"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def as_text(value: object) -> str | None:
+    """A JSON value as COPY text: false stays false, 0 stays 0, "" stays an empty string."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | Decimal | float):
+        return str(value)
+    return json_text(value)
+
+
+class JsonRows:
+    """Records of one dataset → staging rows, and rows of its child datasets."""
+
+    def __init__(self, target: Target, registry: DatasetRegistry) -> None:
+        dataset = target.dataset
+        self.plan = RowPlan(list(dataset.columns), target)
+        self._columns = {n: k for k, c in enumerate(dataset.columns) for n in c.matches()}
+        self._children = {normalise_header(c.field): c for c in dataset.children}
+        self.children = {
+            c.field: JsonRows(target.for_dataset(registry.get(c.dataset)), registry) for c in dataset.children
+        }
+        self.unknown: Counter[str] = Counter()
+
+    def build(
+        self, record: object, record_no: int, line_no: int | None
+    ) -> tuple[list[Value] | Reject, dict[str, list[dict[str, object]]]]:
+        """The staging row (or its rejection) and the child records found in it, by child field."""
+        dataset = self.plan.target.dataset.name
+        if isinstance(record, _BadLine):
+            return Reject(record_no, line_no, None, None, record.reason, dataset, record.text[:10_000]), {}
+        if not isinstance(record, dict):
+            kind = type(record).__name__
+            return Reject(
+                record_no, line_no, None, None, f"a record must be an object, not {kind}", dataset
+            ), {}
+        values: list[str | None] = [None] * len(self.plan.specs)
+        extra: dict[str, object] = {}
+        children: dict[str, list[dict[str, object]]] = {}
+        for key, value in flatten(record).items():
+            normal = normalise_header(key)
+            child = self._children.get(normal)
+            if child is not None and isinstance(value, list):
+                children[child.field] = [_inherit(item, record, child) for item in value]
+                continue
+            index = self._columns.get(normal)
+            if index is None or values[index] is not None:
+                extra[key] = value
+            else:
+                values[index] = as_text(value)
+        if extra:
+            self.unknown.update(extra.keys())
+        row = self.plan.row(values, record_no, line_no, json_text(extra) if extra else None)
+        return row, children
+
+
+def _inherit(item: object, parent: dict[str, object], child: ChildSpec) -> dict[str, object]:
+    if not isinstance(item, dict):
+        return {"_value": item}
+    merged = dict(item)
+    known = {normalise_header(k) for k in item}
+    for name in child.inherit:
+        if normalise_header(name) not in known:
+            value = next(
+                (v for k, v in parent.items() if normalise_header(k) == normalise_header(name)), None
+            )
+            merged[name] = value
+    return merged
+
+
+@dataclass
+class _Batch:
+    """Up to CHUNK_ROWS parent rows and the child rows that came with them."""
+
+    parent: Chunk = field(default_factory=lambda: Chunk(keep_empty_strings=True))
+    children: dict[str, Chunk] = field(default_factory=dict)
+    child_parents: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _batches(source: JsonSource, rows: JsonRows) -> Iterator[_Batch]:
+    batch = _Batch()
+    record_no = 0
+    for record in source.records():
+        record_no += 1
+        batch.parent.records += 1
+        row, children = rows.build(record, record_no, source.line_no)
+        if isinstance(row, Reject):
+            batch.parent.rejects.append(row if row.raw else _with_raw(row, record))
+            continue
+        batch.parent.add(row, record_no, source.line_no, 1 + _newlines(row), record)
+        for name, items in children.items():
+            child_rows = rows.children[name]
+            chunk = batch.children.setdefault(name, Chunk(keep_empty_strings=True))
+            for item in items:
+                chunk.records += 1
+                child_row, _ = child_rows.build(item, record_no, source.line_no)
+                if isinstance(child_row, Reject):
+                    chunk.rejects.append(_with_raw(child_row, item))
+                else:
+                    chunk.add(child_row, record_no, source.line_no, 1 + _newlines(child_row), item)
+        if batch.parent.full():
+            yield batch
+            batch = _Batch()
+    yield batch
+
+
+def _with_raw(reject: Reject, item: object) -> Reject:
+    return Reject(
+        reject.record_no,
+        reject.line_no,
+        reject.column,
+        reject.value,
+        reject.reason,
+        reject.dataset,
+        raw_text(item),
+    )
+
+
+def _newlines(row: list[Value]) -> int:
+    return sum(v.count("\n") for v in row if isinstance(v, str))
+
+
+async def copy_json(
+    conn: asyncpg.Connection, stream: Stream, fmt: FileFormat, target: Target, registry: DatasetRegistry
+) -> LoadStats:
+    rows = JsonRows(target, registry)
+    source = JsonSource(stream, fmt, target.label)
+    copier = RobustCopy(conn, rows.plan)
+    child_copiers = {name: RobustCopy(conn, child.plan) for name, child in rows.children.items()}
+    stats = LoadStats(path="json")
+    async with aclosing(prefetched(_batches(source, rows))) as batches:
+        async for batch in batches:
+            loaded, refused = await copier.copy(batch.parent)
+            stats.rows_loaded += loaded
+            stats.records += batch.parent.records
+            stats.rejects += batch.parent.rejects + refused
+            dropped = {r.record_no for r in refused}
+            for name, chunk in batch.children.items():
+                _drop_orphans(chunk, dropped)
+                child_loaded, child_refused = await child_copiers[name].copy(chunk)
+                stats.rows_loaded += child_loaded
+                stats.records += chunk.records
+                stats.rejects += chunk.rejects + child_refused
+            stop_early_if_hopeless(stats, stream.raw.bytes_read, stream.raw.size, target)
+    stats.rejects.sort(key=lambda r: r.record_no or 0)
+    _warn_unknown(stats, rows)
+    check_ratio(stats, target)
+    return stats
+
+
+def _drop_orphans(chunk: Chunk, refused_parents: set[int | None]) -> None:
+    """Children of a parent PostgreSQL refused are not loaded; the parent's reject holds them."""
+    if not refused_parents:
+        return
+    keep = [i for i, n in enumerate(chunk.record_nos) if n not in refused_parents]
+    chunk.records -= len(chunk.rows) - len(keep)
+    for name in ("rows", "record_nos", "line_nos", "raws"):
+        column = getattr(chunk, name)
+        setattr(chunk, name, [column[i] for i in keep])
+    lines = [chunk.line_ends[i] - (chunk.line_ends[i - 1] if i else 0) for i in keep]
+    chunk.line_ends = list(accumulate(lines))
+
+
+def _warn_unknown(stats: LoadStats, rows: JsonRows) -> None:
+    for child in (rows, *rows.children.values()):
+        if child.unknown:
+            stats.warnings.append(
+                {"dataset": child.plan.target.dataset.name, "unknown_fields": dict(child.unknown)}
+            )
+
+
+def first_record_keys(stream: Stream, fmt: FileFormat, label: str) -> list[str]:
+    """The flattened field names of the first record, to recognise the dataset by its fields."""
+    for record in JsonSource(stream, fmt, label).records():
+        return list(flatten(record)) if isinstance(record, dict) else []
+    return []

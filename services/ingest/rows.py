@@ -1,0 +1,337 @@
+"""Rows built in Python, typed by PostgreSQL: the robust path shared by CSV and JSON files.
+
+Python checks what it can tell on its own (required values, "at least one of" groups, formats
+and local times); PostgreSQL's input functions type every value, exactly as on the fast path.
+With `COPY ... ON_ERROR ignore` (PostgreSQL 17+) the server skips rows it cannot type and says
+which; those rows are attributed to their record and recorded as rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import csv
+import io
+import json
+import re
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TypeVar
+
+import asyncpg
+
+from app.errors import EmptyFile, MalformedFile, TooManyRejects
+from models.datasets import TYPE_EXPECTATIONS, ColumnSpec, DatasetSpec
+from services.ingest.values import Converter, date_converter, is_fixed_offset, timestamp_converter
+
+CHUNK_ROWS = 20_000
+_SKIPPED = re.compile(r'at line (\d+) for column "(.+?)": ')
+_CONTEXT_LINE = re.compile(r"line (\d+)(?:, column (\w+))?")
+
+Value = str | int | None
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Reject:
+    record_no: int | None
+    line_no: int | None
+    column: str | None
+    value: str | None
+    reason: str
+    dataset: str | None = None
+    raw: str | None = None
+
+    def summary(self) -> str:
+        where = f"record {self.record_no}" + (f" (line {self.line_no})" if self.line_no else "")
+        column = f", column {self.column}" if self.column else ""
+        return f"{where}{column}: {self.reason}"
+
+
+@dataclass
+class LoadStats:
+    rows_loaded: int = 0
+    records: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    warnings: list[dict[str, object]] = field(default_factory=list)
+    path: str = "fast"
+
+    @property
+    def rows_rejected(self) -> int:
+        return len(self.rejects)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a file's data lands: the staging schema, the dataset and the file's ledger id."""
+
+    schema: str
+    dataset: DatasetSpec
+    file_id: int
+    label: str
+    source_timezone: str
+    max_reject_ratio: float
+
+    def for_dataset(self, dataset: DatasetSpec) -> Target:
+        return Target(
+            self.schema, dataset, self.file_id, self.label, self.source_timezone, self.max_reject_ratio
+        )
+
+
+def _converter(column: ColumnSpec, zone: str) -> Converter | None:
+    if column.type == "timestamptz" and (column.formats or not is_fixed_offset(zone)):
+        return timestamp_converter(zone, column.formats)
+    if column.type == "date" and column.formats:
+        return date_converter(column.formats)
+    return None
+
+
+class RowPlan:
+    """The staging columns one file fills, and the row rules Python checks before COPY."""
+
+    def __init__(self, columns: list[ColumnSpec], target: Target) -> None:
+        self.target = target
+        self.specs = columns
+        self.converters = [_converter(c, target.source_timezone) for c in columns]
+        self.any_groups = [
+            [k for k, c in enumerate(columns) if c.column in group] for group in target.dataset.require_any
+        ]
+        self.columns = ["_file_id", "_record_no", *(c.column for c in columns), "_extra"]
+
+    def row(
+        self, values: list[str | None], record_no: int, line_no: int | None, extra: str | None
+    ) -> list[Value] | Reject:
+        """The staging row for one record, or why it is rejected. `values` follow `specs`."""
+        dataset = self.target.dataset.name
+        for k, (spec, convert) in enumerate(zip(self.specs, self.converters, strict=True)):
+            value = values[k]
+            if spec.required and (value is None or not value.strip(" ")):
+                return Reject(record_no, line_no, spec.column, value, "a required value is missing", dataset)
+            if value is not None and convert is not None:
+                try:
+                    values[k] = convert(value)
+                except ValueError as exc:
+                    return Reject(record_no, line_no, spec.column, value, str(exc), dataset)
+        for group in self.any_groups:
+            if all(values[k] is None for k in group):
+                names = " or ".join(self.specs[k].column for k in group)
+                return Reject(record_no, line_no, None, None, f"needs a value in {names}", dataset)
+        return [self.target.file_id, record_no, *values, extra]
+
+
+@dataclass
+class Chunk:
+    """Rows ready for one COPY, with what is needed to name the record of a refused one."""
+
+    keep_empty_strings: bool = False
+    rows: list[list[Value]] = field(default_factory=list)
+    record_nos: list[int] = field(default_factory=list)
+    line_nos: list[int | None] = field(default_factory=list)
+    raws: list[object] = field(default_factory=list)  # the source record, kept for rejects
+    line_ends: list[int] = field(default_factory=list)  # the last COPY line of each row
+    rejects: list[Reject] = field(default_factory=list)  # records Python already refused
+    records: int = 0  # records read into this chunk, refused ones included
+
+    def add(self, row: list[Value], record_no: int, line_no: int | None, lines: int, raw: object) -> None:
+        self.rows.append(row)
+        self.record_nos.append(record_no)
+        self.line_nos.append(line_no)
+        self.raws.append(raw)
+        self.line_ends.append((self.line_ends[-1] if self.line_ends else 0) + lines)
+
+    def full(self) -> bool:
+        return len(self.rows) >= CHUNK_ROWS
+
+    def payload(self, start: int = 0, stop: int | None = None) -> bytes:
+        rows = self.rows[start:stop]
+        if self.keep_empty_strings:
+            # In COPY's CSV format an unquoted empty field is NULL and "" is an empty string.
+            text = "".join(",".join(map(_csv_field, row)) + "\n" for row in rows)
+        else:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(rows)
+            text = out.getvalue()
+        return text.encode("utf-8")
+
+    def row_at_line(self, line: int, start: int) -> int:
+        """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`."""
+        offset = self.line_ends[start - 1] if start else 0
+        return bisect.bisect_left(self.line_ends, line + offset, lo=start)
+
+
+def _csv_field(value: Value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"'
+    return str(value)
+
+
+class RobustCopy:
+    """COPY of built rows that attributes every row PostgreSQL refuses to its record."""
+
+    def __init__(self, conn: asyncpg.Connection, plan: RowPlan) -> None:
+        self.conn = conn
+        self.plan = plan
+        target = plan.target
+        skip_bad = conn.get_server_version().major >= 17
+        options = "FORMAT csv" + (", ON_ERROR ignore, LOG_VERBOSITY verbose" if skip_bad else "")
+        quoted = ", ".join(f'"{c}"' for c in plan.columns)
+        self.statement = (
+            f'COPY "{target.schema}"."{target.dataset.table}" ({quoted}) FROM STDIN WITH ({options})'
+        )
+        self.notices: list[str] = []
+
+    async def copy(self, chunk: Chunk) -> tuple[int, list[Reject]]:
+        """Load the chunk's rows; returns the rows loaded and the rows PostgreSQL refused."""
+        loaded, start = 0, 0
+        rejects: list[Reject] = []
+        self.conn.add_log_listener(self._on_notice)
+        try:
+            while start < len(chunk.rows):
+                try:
+                    loaded += await self._copy_part(chunk, start, None, rejects)
+                    break
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    # A row COPY cannot skip: reject it, load the rows before it, go on after it.
+                    bad = self._locate(exc, chunk, start)
+                    rejects.append(self._reject(chunk, bad, _column_of(exc), str(exc)))
+                    if bad > start:
+                        loaded += await self._copy_part(chunk, start, bad, rejects)
+                    start = bad + 1
+        finally:
+            self.conn.remove_log_listener(self._on_notice)
+        return loaded, rejects
+
+    async def _copy_part(self, chunk: Chunk, start: int, stop: int | None, rejects: list[Reject]) -> int:
+        self.notices.clear()
+        sent = (stop if stop is not None else len(chunk.rows)) - start
+        async with self.conn.transaction():
+            # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the
+            # call behind it, with our own statement.
+            status = await self.conn._copy_in(self.statement, memoryview(chunk.payload(start, stop)), None)
+        loaded = int(status.split()[-1])
+        for _ in range(100):  # notices are delivered by the event loop: let it run
+            if len(self.notices) >= sent - loaded:
+                break
+            await asyncio.sleep(0)
+        skipped = [m for m in map(_SKIPPED.search, self.notices) if m]
+        if len(skipped) != sent - loaded:
+            raise RuntimeError(
+                f"PostgreSQL skipped {sent - loaded} rows but named {len(skipped)}; loadbay reads "
+                "its notices in English (lc_messages 'C' or 'en')"
+            )
+        for match in skipped:
+            column = match.group(2)
+            index = chunk.row_at_line(int(match.group(1)), start)
+            rejects.append(self._reject(chunk, index, column, f"not {_expectation(self.plan, column)}"))
+        return loaded
+
+    def _locate(self, exc: asyncpg.PostgresError, chunk: Chunk, start: int) -> int:
+        match = _CONTEXT_LINE.search(getattr(exc, "context", "") or "")
+        if not match:
+            raise MalformedFile(f"PostgreSQL refused the data: {exc}", file_name=self.plan.target.label)
+        return chunk.row_at_line(int(match.group(1)), start)
+
+    def _reject(self, chunk: Chunk, index: int, column: str | None, reason: str) -> Reject:
+        value = None
+        if column in self.plan.columns:
+            cell = chunk.rows[index][self.plan.columns.index(column)]
+            value = None if cell is None else str(cell)
+        return Reject(
+            chunk.record_nos[index],
+            chunk.line_nos[index],
+            column,
+            value,
+            reason,
+            self.plan.target.dataset.name,
+            raw_text(chunk.raws[index]),
+        )
+
+    def _on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        self.notices.append(str(getattr(message, "message", message)))
+
+
+def raw_text(record: object) -> str | None:
+    """The source record as text for `ingest.rejected_rows.raw` (at most 10,000 characters)."""
+    if record is None:
+        return None
+    text = record if isinstance(record, str) else json_text(record)
+    return text[:10_000]
+
+
+def json_text(value: object) -> str:
+    """JSON for stored values; decimals keep every digit."""
+    return json.dumps(value, default=_decimal, ensure_ascii=False)
+
+
+def _decimal(value: object) -> object:
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+async def prefetched(items: Iterator[T]) -> AsyncGenerator[T, None]:
+    """The items of a blocking iterator, each produced in a thread while the previous one is used.
+
+    Parsing (Python, one core) overlaps with PostgreSQL typing the previous chunk (the other core).
+    """
+    pending = asyncio.create_task(asyncio.to_thread(next, items, None))
+    try:
+        while (item := await pending) is not None:
+            pending = asyncio.create_task(asyncio.to_thread(next, items, None))
+            yield item
+    finally:
+        # The thread reads the file's descriptor: never leave it running past here.
+        await asyncio.wait({pending})
+        if not pending.cancelled():
+            pending.exception()
+
+
+def _column_of(exc: asyncpg.PostgresError) -> str | None:
+    match = _CONTEXT_LINE.search(getattr(exc, "context", "") or "")
+    if match and match.group(2):
+        return match.group(2)
+    column = getattr(exc, "column_name", None)
+    return str(column) if column else None
+
+
+def _expectation(plan: RowPlan, column: str) -> str:
+    spec = next((c for c in plan.specs if c.column == column), None)
+    return TYPE_EXPECTATIONS[spec.type] if spec else "a valid value"
+
+
+def stop_early_if_hopeless(stats: LoadStats, read: int, size: int, target: Target) -> None:
+    """Give up before the end when the bad rows already exceed the limit for the whole file."""
+    if stats.records < 10_000 or not read:
+        return
+    estimated_records = stats.records * max(size, read) / read
+    if stats.rows_rejected > 1.5 * target.max_reject_ratio * estimated_records:
+        check_ratio(stats, target, partial=True)
+
+
+def check_ratio(stats: LoadStats, target: Target, partial: bool = False) -> None:
+    records = stats.records
+    if records == 0:
+        raise EmptyFile(
+            "the file has a header but no data rows" if stats.path != "json" else "the file has no records",
+            hint="Nothing to load; drop the file again once it has rows",
+            file_name=target.label,
+        )
+    ratio = stats.rows_rejected / records
+    if ratio > target.max_reject_ratio or partial:
+        examples = "; ".join(r.summary() for r in sorted(stats.rejects, key=_order)[:3])
+        scope = "of the first " if partial else "of "
+        raise TooManyRejects(
+            f"{stats.rows_rejected} {scope}{records} rows are bad ({ratio:.1%}, above the "
+            f"{target.max_reject_ratio:.1%} allowed). First problems: {examples}",
+            hint="Fix the rows and drop the file again, or raise MAX_REJECT_RATIO "
+            "(or the dataset's max_reject_ratio)",
+            file_name=target.label,
+        )
+
+
+def _order(reject: Reject) -> int:
+    return reject.record_no or 0
