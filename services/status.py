@@ -58,7 +58,10 @@ def _note(record: asyncpg.Record) -> str:
     warnings = json.loads(record["warnings"] or "[]")
     notes = [
         "unknown fields kept in _extra: "
-        + ", ".join(f"{name} ({rows} rows)" for name, rows in w["unknown_fields"].items())
+        + ", ".join(
+            f"{name} ({rows} row{'' if rows == 1 else 's'})"
+            for name, rows in sorted(w["unknown_fields"].items())
+        )
         for w in warnings
         if "unknown_fields" in w
     ]

@@ -106,10 +106,11 @@ class JsonSource:
             text = decode_line(raw, "utf-8", self.line_no, self.label)
             if not text.strip():
                 continue
+            text = text.rstrip("\r\n")
             try:
                 yield json.loads(text, parse_float=Decimal)
             except json.JSONDecodeError as exc:
-                yield _BadLine(text.rstrip("\r\n"), f"not valid JSON: {exc.msg} at column {exc.colno}")
+                yield _BadLine(text, f"not valid JSON: {exc.msg} at column {exc.colno}")
 
     def _malformed(self, exc: Exception) -> MalformedFile:
         message = str(exc).split("\n")[0].strip()
