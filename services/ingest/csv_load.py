@@ -251,7 +251,7 @@ class CsvRows:
             if isinstance(row, Reject):
                 chunk.rejects.append(row)
                 continue
-            chunk.add(row, record_no, reader.start_line, 1 + reader.end_line - reader.start_line, None)
+            chunk.add(row, record_no, reader.start_line, None)
             if chunk.full():
                 yield chunk
                 chunk = Chunk()

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
-from itertools import accumulate
 
 import asyncpg
 import ijson
@@ -108,7 +107,7 @@ class JsonSource:
                 continue
             text = text.rstrip("\r\n")
             try:
-                yield json.loads(text, parse_float=Decimal)
+                yield _DECODER.decode(text)
             except json.JSONDecodeError as exc:
                 yield _BadLine(text, f"not valid JSON: {exc.msg} at column {exc.colno}")
 
@@ -185,17 +184,35 @@ def flatten(record: dict[str, object], prefix: str = "") -> dict[str, object]:
     return flat
 
 
+class Number(str):
+    """A JSON number with a fraction or exponent, kept as written: every digit survives."""
+
+
+_DECODER = json.JSONDecoder(parse_float=Number)
+
+
 def as_text(value: object) -> str | None:
     """A JSON value as COPY text: false stays false, 0 stays 0, "" stays an empty string."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, str):
         return value
+    if value is None:
+        return None
+    if value is True or value is False:
+        return "true" if value else "false"
     if isinstance(value, int | Decimal | float):
         return str(value)
-    return json_text(value)
+    return json_text(plain(value))
+
+
+def plain(value: object) -> object:
+    """`Number` strings back to numbers, so that `_extra` and JSON text keep them numeric."""
+    if isinstance(value, Number):
+        return Decimal(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 class JsonRows:
@@ -210,6 +227,7 @@ class JsonRows:
             c.field: JsonRows(target.for_dataset(registry.get(c.dataset)), registry) for c in dataset.children
         }
         self.unknown: Counter[str] = Counter()
+        self._lookup: dict[str, int | ChildSpec] = {}
 
     def build(
         self, record: object, record_no: int, line_no: int | None
@@ -226,21 +244,31 @@ class JsonRows:
         values: list[str | None] = [None] * len(self.plan.specs)
         extra: dict[str, object] = {}
         children: dict[str, list[dict[str, object]]] = {}
-        for key, value in flatten(record).items():
-            normal = normalise_header(key)
-            child = self._children.get(normal)
-            if child is not None and isinstance(value, list):
-                children[child.field] = [_inherit(item, record, child) for item in value]
+        items = flatten(record) if dict in map(type, record.values()) else record
+        for key, value in items.items():
+            target = self._lookup.get(key)
+            if target is None:
+                target = self._lookup[key] = self._resolve(key)
+            if isinstance(target, ChildSpec):
+                if isinstance(value, list):
+                    children[target.field] = [_inherit(item, record, target) for item in value]
+                    continue
+            elif target >= 0 and values[target] is None:
+                values[target] = value if type(value) is str else as_text(value)
                 continue
-            index = self._columns.get(normal)
-            if index is None or values[index] is not None:
-                extra[key] = value
-            else:
-                values[index] = as_text(value)
+            extra[key] = value
         if extra:
             self.unknown.update(extra.keys())
-        row = self.plan.row(values, record_no, line_no, json_text(extra) if extra else None)
+        row = self.plan.row(values, record_no, line_no, json_text(plain(extra)) if extra else None)
         return row, children
+
+    def _resolve(self, key: str) -> int | ChildSpec:
+        """What a field name feeds: a column's index, a child dataset, or -1 for `_extra`."""
+        normal = normalise_header(key)
+        child = self._children.get(normal)
+        if child is not None:
+            return child
+        return self._columns.get(normal, -1)
 
 
 def _inherit(item: object, parent: dict[str, object], child: ChildSpec) -> dict[str, object]:
@@ -276,7 +304,7 @@ def _batches(source: JsonSource, rows: JsonRows) -> Iterator[_Batch]:
         if isinstance(row, Reject):
             batch.parent.rejects.append(row if row.raw else _with_raw(row, record))
             continue
-        batch.parent.add(row, record_no, source.line_no, 1 + _newlines(row), record)
+        batch.parent.add(row, record_no, source.line_no, record)
         for name, items in children.items():
             child_rows = rows.children[name]
             chunk = batch.children.setdefault(name, Chunk(keep_empty_strings=True))
@@ -286,7 +314,7 @@ def _batches(source: JsonSource, rows: JsonRows) -> Iterator[_Batch]:
                 if isinstance(child_row, Reject):
                     chunk.rejects.append(_with_raw(child_row, item))
                 else:
-                    chunk.add(child_row, record_no, source.line_no, 1 + _newlines(child_row), item)
+                    chunk.add(child_row, record_no, source.line_no, item)
         if batch.parent.full():
             yield batch
             batch = _Batch()
@@ -305,10 +333,6 @@ def _with_raw(reject: Reject, item: object) -> Reject:
     )
 
 
-def _newlines(row: list[Value]) -> int:
-    return sum(v.count("\n") for v in row if isinstance(v, str))
-
-
 async def copy_json(
     conn: asyncpg.Connection, stream: Stream, fmt: FileFormat, target: Target, registry: DatasetRegistry
 ) -> LoadStats:
@@ -325,7 +349,8 @@ async def copy_json(
             stats.rejects += batch.parent.rejects + refused
             dropped = {r.record_no for r in refused}
             for name, chunk in batch.children.items():
-                _drop_orphans(chunk, dropped)
+                if dropped:
+                    chunk.drop_records(dropped)
                 child_loaded, child_refused = await child_copiers[name].copy(chunk)
                 stats.rows_loaded += child_loaded
                 stats.records += chunk.records
@@ -335,19 +360,6 @@ async def copy_json(
     _warn_unknown(stats, rows)
     check_ratio(stats, target)
     return stats
-
-
-def _drop_orphans(chunk: Chunk, refused_parents: set[int | None]) -> None:
-    """Children of a parent PostgreSQL refused are not loaded; the parent's reject holds them."""
-    if not refused_parents:
-        return
-    keep = [i for i, n in enumerate(chunk.record_nos) if n not in refused_parents]
-    chunk.records -= len(chunk.rows) - len(keep)
-    for name in ("rows", "record_nos", "line_nos", "raws"):
-        column = getattr(chunk, name)
-        setattr(chunk, name, [column[i] for i in keep])
-    lines = [chunk.line_ends[i] - (chunk.line_ends[i - 1] if i else 0) for i in keep]
-    chunk.line_ends = list(accumulate(lines))
 
 
 def _warn_unknown(stats: LoadStats, rows: JsonRows) -> None:

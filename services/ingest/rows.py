@@ -17,6 +17,7 @@ import re
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import accumulate
 from typing import TypeVar
 
 import asyncpg
@@ -98,26 +99,35 @@ class RowPlan:
             [k for k, c in enumerate(columns) if c.column in group] for group in target.dataset.require_any
         ]
         self.columns = ["_file_id", "_record_no", *(c.column for c in columns), "_extra"]
+        self._required = [k for k, c in enumerate(columns) if c.required]
+        self._converting = [(k, f) for k, f in enumerate(self.converters) if f is not None]
+        self._dataset = target.dataset.name
+        self._file_id = target.file_id
 
     def row(
         self, values: list[str | None], record_no: int, line_no: int | None, extra: str | None
     ) -> list[Value] | Reject:
         """The staging row for one record, or why it is rejected. `values` follow `specs`."""
-        dataset = self.target.dataset.name
-        for k, (spec, convert) in enumerate(zip(self.specs, self.converters, strict=True)):
+        for k in self._required:
             value = values[k]
-            if spec.required and (value is None or not value.strip(" ")):
-                return Reject(record_no, line_no, spec.column, value, "a required value is missing", dataset)
-            if value is not None and convert is not None:
+            if value is None or not value.strip(" "):
+                column = self.specs[k].column
+                return Reject(record_no, line_no, column, value, "a required value is missing", self._dataset)
+        for k, convert in self._converting:
+            value = values[k]
+            if value is not None:
                 try:
                     values[k] = convert(value)
                 except ValueError as exc:
-                    return Reject(record_no, line_no, spec.column, value, str(exc), dataset)
+                    return Reject(record_no, line_no, self.specs[k].column, value, str(exc), self._dataset)
         for group in self.any_groups:
-            if all(values[k] is None for k in group):
+            for k in group:
+                if values[k] is not None:
+                    break
+            else:
                 names = " or ".join(self.specs[k].column for k in group)
-                return Reject(record_no, line_no, None, None, f"needs a value in {names}", dataset)
-        return [self.target.file_id, record_no, *values, extra]
+                return Reject(record_no, line_no, None, None, f"needs a value in {names}", self._dataset)
+        return [self._file_id, record_no, *values, extra]
 
 
 @dataclass
@@ -129,35 +139,52 @@ class Chunk:
     record_nos: list[int] = field(default_factory=list)
     line_nos: list[int | None] = field(default_factory=list)
     raws: list[object] = field(default_factory=list)  # the source record, kept for rejects
-    line_ends: list[int] = field(default_factory=list)  # the last COPY line of each row
     rejects: list[Reject] = field(default_factory=list)  # records Python already refused
     records: int = 0  # records read into this chunk, refused ones included
 
-    def add(self, row: list[Value], record_no: int, line_no: int | None, lines: int, raw: object) -> None:
+    def add(self, row: list[Value], record_no: int, line_no: int | None, raw: object) -> None:
         self.rows.append(row)
         self.record_nos.append(record_no)
         self.line_nos.append(line_no)
         self.raws.append(raw)
-        self.line_ends.append((self.line_ends[-1] if self.line_ends else 0) + lines)
+
+    def drop_records(self, record_nos: set[int | None]) -> None:
+        """Forget the rows of these records (children of a parent PostgreSQL refused)."""
+        keep = [i for i, n in enumerate(self.record_nos) if n not in record_nos]
+        self.records -= len(self.rows) - len(keep)
+        self.rows = [self.rows[i] for i in keep]
+        self.record_nos = [self.record_nos[i] for i in keep]
+        self.line_nos = [self.line_nos[i] for i in keep]
+        self.raws = [self.raws[i] for i in keep]
 
     def full(self) -> bool:
         return len(self.rows) >= CHUNK_ROWS
 
     def payload(self, start: int = 0, stop: int | None = None) -> bytes:
         rows = self.rows[start:stop]
-        if self.keep_empty_strings:
-            # In COPY's CSV format an unquoted empty field is NULL and "" is an empty string.
-            text = "".join(",".join(map(_csv_field, row)) + "\n" for row in rows)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if not self.keep_empty_strings:
+            writer.writerows(rows)
         else:
-            out = io.StringIO()
-            csv.writer(out, lineterminator="\n").writerows(rows)
-            text = out.getvalue()
-        return text.encode("utf-8")
+            for row in rows:
+                if "" in row:
+                    # csv writes "" and NULL alike; in COPY's CSV an unquoted empty field is NULL.
+                    out.write(",".join(map(_csv_field, row)) + "\n")
+                else:
+                    writer.writerow(row)
+        return out.getvalue().encode("utf-8")
 
     def row_at_line(self, line: int, start: int) -> int:
-        """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`."""
-        offset = self.line_ends[start - 1] if start else 0
-        return bisect.bisect_left(self.line_ends, line + offset, lo=start)
+        """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`.
+
+        COPY counts physical lines, and a value may hold newlines; worked out only when needed.
+        """
+        ends = list(
+            accumulate(1 + sum(v.count("\n") for v in row if isinstance(v, str)) for row in self.rows)
+        )
+        offset = ends[start - 1] if start else 0
+        return bisect.bisect_left(ends, line + offset, lo=start)
 
 
 def _csv_field(value: Value) -> str:
