@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +21,10 @@ TEMPLATE = f"lb_template_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    dsn, handle = start_server(tmp_path_factory.mktemp("pg") / "data")
+def pg() -> Iterator[Server]:
+    # Not under pytest's tmp root: pytest keeps that 0700, and the server runs as another user.
+    base = Path(tempfile.mkdtemp(prefix="loadbay-test-pg-"))
+    dsn, handle = start_server(base / "data")
     server = Server(dsn)
     server.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
     server.execute(f'CREATE DATABASE "{TEMPLATE}"')
@@ -29,6 +33,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
     if handle is not None:
         handle.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
