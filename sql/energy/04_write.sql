@@ -1,0 +1,68 @@
+-- Energy, step 4: write the results for the meters in e_meters, from each meter's emit_from on.
+-- Rows whose values did not change are left as they are, so a recompute is idempotent.
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM e_result WHERE kwh < 0) THEN
+        RAISE EXCEPTION 'a negative half-hour kWh was computed; nothing was written'
+            USING HINT = 'This is a bug in the energy rules; please report it with the meter id';
+    END IF;
+END
+$$;
+
+DELETE FROM {warehouse}.fact_energy_interval f
+USING e_meters m
+WHERE f.meter_id = m.meter_id AND f.interval_start >= m.emit_from
+  AND NOT EXISTS (
+      SELECT 1 FROM e_result r WHERE r.meter_id = f.meter_id AND r.interval_start = f.interval_start
+  );
+
+INSERT INTO {warehouse}.fact_energy_interval AS f
+    (meter_id, interval_start, interval_end, kwh, quality, source, settlement_date, settlement_period,
+     method_version)
+SELECT r.meter_id, r.interval_start, r.interval_end, r.kwh, r.quality, r.source, r.settlement_date,
+       r.settlement_period, p.method_version
+FROM e_result r
+JOIN e_meters m USING (meter_id)
+CROSS JOIN e_params p
+WHERE r.interval_start >= m.emit_from
+ON CONFLICT (meter_id, interval_start) DO UPDATE
+SET kwh = EXCLUDED.kwh, quality = EXCLUDED.quality, source = EXCLUDED.source,
+    settlement_date = EXCLUDED.settlement_date, settlement_period = EXCLUDED.settlement_period,
+    method_version = EXCLUDED.method_version, computed_at = now()
+WHERE (f.kwh, f.quality, f.source, f.settlement_date, f.settlement_period, f.method_version)
+      IS DISTINCT FROM
+      (EXCLUDED.kwh, EXCLUDED.quality, EXCLUDED.source, EXCLUDED.settlement_date,
+       EXCLUDED.settlement_period, EXCLUDED.method_version);
+
+DELETE FROM {warehouse}.energy_gaps g
+USING e_meters m
+WHERE g.meter_id = m.meter_id AND g.gap_end > m.emit_from
+  AND NOT EXISTS (
+      SELECT 1 FROM e_gaps n
+      WHERE n.meter_id = g.meter_id AND n.gap_start = g.gap_start AND n.gap_end = g.gap_end
+        AND n.kwh IS NOT DISTINCT FROM g.kwh AND n.reason = g.reason
+  );
+
+INSERT INTO {warehouse}.energy_gaps (meter_id, gap_start, gap_end, kwh, reason)
+SELECT n.meter_id, n.gap_start, n.gap_end, n.kwh, n.reason
+FROM e_gaps n JOIN e_meters m USING (meter_id)
+WHERE n.gap_end > m.emit_from
+ON CONFLICT (meter_id, gap_start) DO NOTHING;
+
+DELETE FROM {warehouse}.reading_anomalies a
+USING e_meters m
+WHERE a.meter_id = m.meter_id AND a.ts >= m.window_from
+  AND NOT EXISTS (
+      SELECT 1 FROM e_anomalies n
+      WHERE (n.meter_id, n.ts, n.file_id, n.record_no, n.field, n.reason)
+            = (a.meter_id, a.ts, a.file_id, a.record_no, a.field, a.reason)
+  );
+
+INSERT INTO {warehouse}.reading_anomalies
+    (meter_id, ts, field, value, file_id, record_no, ingest_seq, reason)
+SELECT meter_id, ts, field, value, file_id, record_no, file_id || ':' || record_no, reason
+FROM e_anomalies
+ON CONFLICT (meter_id, ts, file_id, record_no, field) DO UPDATE
+SET value = EXCLUDED.value, reason = EXCLUDED.reason, computed_at = now()
+WHERE (reading_anomalies.value, reading_anomalies.reason) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.reason);
