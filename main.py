@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = load_registry(settings)
         return asyncio.run(_run(args, settings, registry))
     except ConfigError as exc:
-        log.error("configuration error: %s", exc)
+        print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseUnavailable as exc:
         log.error("%s; is DATABASE_URL right and the server up?", exc)

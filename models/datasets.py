@@ -133,10 +133,6 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"dataset {self.name!r} needs at least one file pattern")
         return self
 
-    def matches_name(self, file_name: str) -> bool:
-        stem = file_name.lower()
-        return any(fnmatch.fnmatchcase(stem, p.lower()) for p in self.patterns)
-
     def column(self, name: str) -> ColumnSpec:
         return next(c for c in self.columns if c.column == name)
 
@@ -172,9 +168,7 @@ SHIPMENTS = DatasetSpec(
         _col("scheduled_ship_date", "ScheduledShipDate", type="date"),
         _col("scheduled_ship_quantity", "ScheduledShipQuantity", type="integer"),
     ),
-    children=(
-        ChildSpec(field="Packages", dataset="packages", inherit=("JobNumber", "ShipmentNumber")),
-    ),
+    children=(ChildSpec(field="Packages", dataset="packages", inherit=("JobNumber", "ShipmentNumber")),),
 )
 
 PACKAGES = DatasetSpec(
@@ -264,13 +258,25 @@ class DatasetRegistry:
             base.update(body)
             by_column = {c["column"]: c for c in base["columns"]}
             for column, spec in columns.items():
+                if not isinstance(spec, dict):
+                    raise ValueError(
+                        f"[datasets.{name}.columns.{column}] must be a table, e.g. "
+                        f'{column} = {{ source = "{column}", type = "text" }}'
+                    )
                 by_column[column] = {**by_column.get(column, {"column": column}), **spec}
             base["columns"] = list(by_column.values())
             merged[name] = base
         return cls(tuple(DatasetSpec.model_validate(d) for d in merged.values()))
 
     def by_name(self, file_name: str) -> DatasetSpec | None:
-        return next((d for d in self.datasets if d.matches_name(file_name)), None)
+        """The dataset whose matching pattern is the most specific (most literal characters)."""
+        scored = [
+            (len(p.replace("*", "").replace("?", "")), dataset)
+            for dataset in self.datasets
+            for p in dataset.patterns
+            if fnmatch.fnmatchcase(file_name.lower(), p.lower())
+        ]
+        return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
     def by_header(self, header: list[str]) -> DatasetSpec | None:
         """The one dataset whose required columns are all present and that maps most fields."""

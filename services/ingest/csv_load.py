@@ -265,6 +265,8 @@ class CsvRows:
         if len(record) != self.width:
             fields = f"has {len(record)} fields; the header has {self.width}"
             return Reject(record_no, line_no, None, ",".join(record)[:1000], fields, dataset)
+        if "\x00" in "".join(record):
+            return Reject(record_no, line_no, None, None, "contains a NUL byte (binary data?)", dataset)
         values: list[str | None] = [record[i] or None for i in self.indexes]
         extra = json.dumps({name: record[i] or None for i, name in self.extras}) if self.extras else None
         return self.plan.row(values, record_no, line_no, extra)

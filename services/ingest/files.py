@@ -89,12 +89,27 @@ def still_there(path: Path, identity: FileIdentity) -> bool:
         return False
 
 
-def _free_name(folder: Path, name: str, file_id: int) -> Path:
-    target = folder / name
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
+def _fit(name: str, extra: int = 0) -> str:
+    """`name`, shortened in its stem so that it plus `extra` bytes fit in a file name."""
+    budget = NAME_MAX - extra
+    if len(name.encode()) <= budget:
+        return name
+    stem, dot, suffix = name.partition(".")
+    tail = (dot + suffix).encode()[: budget // 2].decode(errors="ignore")
+    head = stem.encode()[: budget - len(tail.encode())].decode(errors="ignore")
+    return head + tail
+
+
+def _free_name(folder: Path, name: str, file_id: int, extra: int = 0) -> Path:
+    """Where a file goes: its own name, or `STEM__<ledger id>.EXT` when that is taken."""
+    target = folder / _fit(name, extra)
     if not target.exists():
         return target
     stem, dot, suffix = name.partition(".")
-    return folder / f"{stem}__{file_id}{dot}{suffix}"
+    return folder / _fit(f"{stem}__{file_id}{dot}{suffix}", extra)
 
 
 def move_to_processed(path: Path, file_id: int, when: datetime | None = None) -> Path:
@@ -107,9 +122,9 @@ def move_to_processed(path: Path, file_id: int, when: datetime | None = None) ->
 def move_to_failed(path: Path, file_id: int, error: dict[str, object]) -> Path:
     folder = path.parent / "failed"
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder, path.name, file_id)
+    target = _free_name(folder, path.name, file_id, extra=len(".error.json"))
     sidecar = target.with_name(target.name + ".error.json")
-    tmp = sidecar.with_name("." + sidecar.name + ".tmp")
+    tmp = folder / f".{file_id}.error.json.tmp"
     tmp.write_text(json.dumps(error, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, sidecar)
     return _rename(path, target)

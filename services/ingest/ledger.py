@@ -22,6 +22,17 @@ async def find_loaded(conn: asyncpg.Connection, dataset: str, sha256: str) -> as
     )
 
 
+async def find_unmoved_failure(conn: asyncpg.Connection, name: str, sha256: str) -> int | None:
+    """A failure recorded for these bytes under this name whose move to failed/ never happened."""
+    file_id: int | None = await conn.fetchval(
+        "SELECT max(id) FROM ingest.files WHERE name = $1 AND sha256 = $2 AND status = 'failed' "
+        "AND moved_to IS NULL",
+        name,
+        sha256,
+    )
+    return file_id
+
+
 async def insert_file(
     conn: asyncpg.Connection,
     *,

@@ -45,7 +45,7 @@ from services.ingest.files import (
     still_there,
 )
 from services.ingest.json_load import copy_json, first_record_keys
-from services.ingest.rows import LoadStats, Target
+from services.ingest.rows import NO_ROWS_HINT, LoadStats, Target
 from services.ingest.source import Stream
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,10 @@ class Loader:
         self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec | None, exc: FileRejected
     ) -> FileOutcome:
         message = str(exc)
+        retry = await ledger.find_unmoved_failure(conn, file.name, file.sha256)
+        if retry is not None:
+            # Recorded as failed before, but the move did not happen: finish it, record nothing new.
+            return await self._move_failed(conn, file, dataset, exc, retry)
         async with conn.transaction():
             file_id = await ledger.insert_file(
                 conn,
@@ -254,6 +258,17 @@ class Loader:
                 {"error": type(exc).__name__, "file": file.name, "line": exc.line_no},
                 file_id=file_id,
             )
+        return await self._move_failed(conn, file, dataset, exc, file_id)
+
+    async def _move_failed(
+        self,
+        conn: asyncpg.Connection,
+        file: _File,
+        dataset: DatasetSpec | None,
+        exc: FileRejected,
+        file_id: int,
+    ) -> FileOutcome:
+        message = str(exc)
         moved = move_to_failed(
             file.path,
             file_id,
@@ -311,7 +326,7 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
             async with conn.transaction():
                 rows = await copy_fast(conn, stream, header, target)
                 if rows == 0:
-                    raise EmptyFile("the file has a header but no data rows", hint="Nothing to load")
+                    raise EmptyFile("the file has a header but no data rows", hint=NO_ROWS_HINT)
             return LoadStats(rows_loaded=rows, records=rows), stream
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             log.info(

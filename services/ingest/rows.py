@@ -27,6 +27,7 @@ from models.datasets import TYPE_EXPECTATIONS, ColumnSpec, DatasetSpec
 from services.ingest.values import Converter, date_converter, is_fixed_offset, timestamp_converter
 
 CHUNK_ROWS = 20_000
+NO_ROWS_HINT = "Nothing to load; drop the file again once it has rows"
 _SKIPPED = re.compile(r'at line (\d+) for column "(.+?)": ')
 _CONTEXT_LINE = re.compile(r"line (\d+)(?:, column (\w+))?")
 
@@ -206,8 +207,13 @@ class RobustCopy:
         options = "FORMAT csv" + (", ON_ERROR ignore, LOG_VERBOSITY verbose" if skip_bad else "")
         quoted = ", ".join(f'"{c}"' for c in plan.columns)
         self.statement = (
-            f'COPY "{target.schema}"."{target.dataset.table}" ({quoted}) FROM STDIN WITH ({options})'
+            f'COPY "{target.schema}"."{target.dataset.table}" ({quoted}) FROM STDIN WITH ({options}) '
+            'WHERE "_record_no" > 0'
         )
+        # COPY learns the line ending from the first line and, until then, does not count a
+        # newline inside quotes as a line. A plain first row (filtered out by the WHERE clause)
+        # keeps its line numbers, which name the rows it skips, exact.
+        self._lead = ("0,0" + "," * (len(plan.columns) - 2) + "\n").encode()
         self.notices: list[str] = []
 
     async def copy(self, chunk: Chunk) -> tuple[int, list[Reject]]:
@@ -237,7 +243,8 @@ class RobustCopy:
         async with self.conn.transaction():
             # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the
             # call behind it, with our own statement.
-            status = await self.conn._copy_in(self.statement, memoryview(chunk.payload(start, stop)), None)
+            payload = self._lead + chunk.payload(start, stop)
+            status = await self.conn._copy_in(self.statement, memoryview(payload), None)
         loaded = int(status.split()[-1])
         for _ in range(100):  # notices are delivered by the event loop: let it run
             if len(self.notices) >= sent - loaded:
@@ -251,7 +258,7 @@ class RobustCopy:
             )
         for match in skipped:
             column = match.group(2)
-            index = chunk.row_at_line(int(match.group(1)), start)
+            index = chunk.row_at_line(int(match.group(1)) - 1, start)
             rejects.append(self._reject(chunk, index, column, f"not {_expectation(self.plan, column)}"))
         return loaded
 
@@ -259,7 +266,7 @@ class RobustCopy:
         match = _CONTEXT_LINE.search(getattr(exc, "context", "") or "")
         if not match:
             raise MalformedFile(f"PostgreSQL refused the data: {exc}", file_name=self.plan.target.label)
-        return chunk.row_at_line(int(match.group(1)), start)
+        return chunk.row_at_line(int(match.group(1)) - 1, start)
 
     def _reject(self, chunk: Chunk, index: int, column: str | None, reason: str) -> Reject:
         value = None
@@ -344,7 +351,7 @@ def check_ratio(stats: LoadStats, target: Target, partial: bool = False) -> None
     if records == 0:
         raise EmptyFile(
             "the file has a header but no data rows" if stats.path != "json" else "the file has no records",
-            hint="Nothing to load; drop the file again once it has rows",
+            hint=NO_ROWS_HINT,
             file_name=target.label,
         )
     ratio = stats.rows_rejected / records

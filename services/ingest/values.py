@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 Converter = Callable[[str], str]
 
-_OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+# An offset only counts after a time of day: the "-15" of "2024-01-15" is a day, not an offset.
+_OFFSET = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 
 
 @lru_cache(maxsize=64)
@@ -38,17 +39,16 @@ def has_offset(value: str) -> bool:
 def localise(naive: datetime, zone: ZoneInfo) -> datetime:
     """Attach `zone`, refusing local times that do not exist or are ambiguous."""
     early = naive.replace(tzinfo=zone, fold=0)
-    late = naive.replace(tzinfo=zone, fold=1)
-    if early.utcoffset() != late.utcoffset():
-        raise ValueError(
-            f"local time {naive:%Y-%m-%d %H:%M} happens twice in {zone.key} (clocks went back); "
-            "send it with a UTC offset"
-        )
     round_trip = early.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
     if round_trip != naive:
         raise ValueError(
             f"local time {naive:%Y-%m-%d %H:%M} does not exist in {zone.key} (clocks went "
             "forward); send it with a UTC offset"
+        )
+    if early.utcoffset() != naive.replace(tzinfo=zone, fold=1).utcoffset():
+        raise ValueError(
+            f"local time {naive:%Y-%m-%d %H:%M} happens twice in {zone.key} (clocks went back); "
+            "send it with a UTC offset"
         )
     return early
 

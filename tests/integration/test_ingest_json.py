@@ -236,7 +236,8 @@ def test_invalid_json_in_the_middle_names_the_byte(settings: Settings, dsn: str)
     error = fetchval(dsn, "SELECT error FROM ingest.files")
     offset = content.index('"J2"') + len('"J2"')  # yajl points just past the offending token
     assert error.startswith(
-        f"the JSON is not valid at byte {offset}: parse error: object key and value must be separated by a colon"
+        f"the JSON is not valid at byte {offset}: "
+        "parse error: object key and value must be separated by a colon"
     )
 
 
