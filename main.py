@@ -24,6 +24,7 @@ from app.migrate import migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.ingest import run_ingest
+from services.pipeline import PipelineRunner, record_failure, run_pipeline
 from services.status import run_status
 from services.watcher import run_watcher
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="load the given files, or every pending file of a given folder, once, then exit",
+    )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="build the warehouse from staging: shipments, packages and half-hourly energy "
+        "(incremental: only files not applied yet)",
     )
     parser.add_argument(
         "--status",
@@ -103,17 +110,24 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
             ingest_paths.append(_prepare_demo(settings))
-        watch = args.watch is not None or not (ingest_paths or args.status)
+        watch = args.watch is not None or not (ingest_paths or args.status or args.pipeline)
         code = EXIT_OK
         if ingest_paths:
             result = await run_ingest(settings, db, registry, ingest_paths)
             if result.failed:
                 code = EXIT_SOME_FAILED
+        if args.pipeline or args.demo:
+            code = max(code, await _pipeline(settings, db))
         if args.status or args.demo:
             print((await run_status(db)).render())
         if watch:
             folder = Path(args.watch) if args.watch else settings.imports_dir
-            watched = await run_watcher(settings, db, registry, folder, _stop_event())
+            runner = PipelineRunner(settings, db) if settings.pipeline_on_ingest else None
+            watched = await run_watcher(
+                settings, db, registry, folder, _stop_event(), runner.after_load if runner else None
+            )
+            if runner is not None:
+                await runner.close()
             code = max(code, EXIT_SOME_FAILED if watched.failed else EXIT_OK)
         if args.demo:
             print(
@@ -122,6 +136,19 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
         return code
     finally:
         await db.close()
+
+
+async def _pipeline(settings: Settings, db: Database) -> int:
+    try:
+        result = await run_pipeline(settings, db)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        log.exception("the pipeline failed; nothing of the failed step was written")
+        await record_failure(db, exc)
+        return EXIT_SOME_FAILED
+    print(result.summary())
+    return EXIT_OK
 
 
 def _stop_event() -> asyncio.Event:

@@ -11,18 +11,18 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from decimal import Decimal
 
 import asyncpg
 
 from app.schema import quote_ident
 from app.settings import Settings
+from app.sqlfiles import sql
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "energy"
 METHOD_VERSION = "loadbay-energy-1"
-STEPS = ("01_series.sql", "02_steps.sql", "03_intervals.sql", "04_write.sql")
+STEPS = ("energy/01_series.sql", "energy/02_steps.sql", "energy/03_intervals.sql", "energy/04_write.sql")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class MeterWindow:
     meter_id: str
     window_from: datetime
     emit_from: datetime
+    seed_e: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,6 @@ class EnergyResult:
     seconds: float = 0.0
 
 
-def _sql(name: str, settings: Settings) -> str:
-    text = (SQL_DIR / name).read_text(encoding="utf-8")
-    return text.replace("{staging}", quote_ident(settings.staging_schema)).replace(
-        "{warehouse}", quote_ident(settings.warehouse_schema)
-    )
-
-
 async def compute_energy(
     conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]
 ) -> EnergyResult:
@@ -61,7 +55,7 @@ async def compute_energy(
     started = time.monotonic()
     await _parameters(conn, settings, windows)
     for step in STEPS:
-        await conn.execute(_sql(step, settings))
+        await conn.execute(sql(step, settings))
     counts = await conn.fetchrow(
         """
         SELECT (SELECT count(*) FROM e_series) AS readings,
@@ -117,16 +111,18 @@ async def _parameters(conn: asyncpg.Connection, settings: Settings, windows: lis
     await conn.execute(
         f"""
         CREATE TEMP TABLE e_meters ON COMMIT DROP AS
-        SELECT w.meter_id, w.window_from, w.emit_from,
+        SELECT w.meter_id, w.window_from, w.emit_from, w.seed_e,
                p.noise_tolerance_kwh AS noise,
                coalesce(c.max_power_kw, p.max_power_kw) AS max_kw,
                coalesce(c.register_modulus_kwh, p.register_modulus_kwh) AS modulus
-        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS w(meter_id, window_from, emit_from)
+        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[])
+             AS w(meter_id, window_from, emit_from, seed_e)
         CROSS JOIN e_params p
         LEFT JOIN {quote_ident(settings.warehouse_schema)}.meter_config c USING (meter_id)
         """,
         [w.meter_id for w in windows],
         [w.window_from for w in windows],
         [w.emit_from for w in windows],
+        [w.seed_e for w in windows],
     )
     await conn.execute("ANALYZE e_meters")

@@ -25,7 +25,9 @@ CREATE TEMP TABLE e_steps ON COMMIT DROP AS
 WITH pairs AS (
     SELECT f.meter_id, f.source, f.ts AS t1, f.v AS v1,
            lag(f.ts) OVER w AS t0, lag(f.v) OVER w AS v0,
-           m.noise, m.max_kw, m.modulus
+           m.noise, m.max_kw, m.modulus,
+           -- An incremental window starts at a checkpoint: its high-water mark carries over.
+           CASE WHEN f.ts = m.window_from THEN m.seed_e END AS seed_e
     FROM e_flagged f JOIN e_meters m USING (meter_id)
     WHERE NOT f.outlier
     WINDOW w AS (PARTITION BY f.meter_id ORDER BY f.ts)
@@ -63,7 +65,7 @@ WITH pairs AS (
     -- The high-water mark within a segment. Segments only grow, so a running maximum of
     -- seg * 1e15 + u never reaches back into an earlier segment.
     SELECT unwrapped.*,
-           max(seg * 1e15 + u) OVER w - seg * 1e15 AS e
+           max(seg * 1e15 + greatest(u, seed_e)) OVER w - seg * 1e15 AS e
     FROM unwrapped
     WINDOW w AS (PARTITION BY meter_id ORDER BY t1 ROWS UNBOUNDED PRECEDING)
 ), energy AS (
@@ -86,7 +88,7 @@ WITH pairs AS (
                                    AND cls IN ('NORMAL', 'NOISE', 'ROLLOVER') END AS actual
     FROM energy CROSS JOIN e_params p
 )
-SELECT meter_id, source, t0, t1, v0, v1, dt, cls, d, usable, actual,
+SELECT meter_id, source, t0, t1, v0, v1, dt, cls, d, usable, actual, e - u + v1 AS e_rel,
        sum(coalesce(d, 0)) OVER w AS cum_d,
        count(*) FILTER (WHERE NOT usable) OVER w AS cum_bad,
        count(*) FILTER (WHERE NOT actual) OVER w AS cum_estimated,

@@ -136,6 +136,20 @@ def upgrade() -> None:
         """
     )
 
+    # Where an incremental energy run may start: the state at one kept reading a day per meter.
+    op.execute(
+        f"""
+        CREATE TABLE {wh}.energy_checkpoints (
+            meter_id text NOT NULL,
+            ts       timestamptz NOT NULL,
+            source   text NOT NULL,
+            v        numeric NOT NULL,
+            e_rel    numeric NOT NULL,
+            PRIMARY KEY (meter_id, ts)
+        )
+        """
+    )
+
 
 def downgrade() -> None:
     raise NotImplementedError("loadbay never drops data tables; restore from a backup instead")

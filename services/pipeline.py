@@ -1,0 +1,178 @@
+"""`--pipeline`: staging → warehouse, incremental and idempotent.
+
+Each step applies the loaded files it has not applied yet (`warehouse.pipeline_files` records
+which), in one transaction with that record, so a crash or a second run never applies a file
+twice and never skips one, whatever order files committed in. One pipeline runs at a time
+across all processes (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from app.db import Database
+from app.schema import quote_ident
+from app.settings import Settings
+from app.sqlfiles import sql
+from services.energy import EnergyResult, MeterWindow, compute_energy
+from services.ingest import ledger
+from services.ingest.loader import FileOutcome
+
+log = logging.getLogger(__name__)
+
+PIPELINE_LOCK_KEY = 0x6C6F616462617902  # "loadbay" + 2
+BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+HALF_HOUR = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    files: int
+    rows: int
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class PipelineResult:
+    steps: list[StepResult] = field(default_factory=list)
+    energy: EnergyResult = field(default_factory=EnergyResult)
+
+    def summary(self) -> str:
+        lines = [f"{'step':<10} {'files':>5} {'rows':>9} {'seconds':>8}  detail"]
+        lines += [f"{s.step:<10} {s.files:>5} {s.rows:>9} {s.seconds:>8.2f}  {s.detail}" for s in self.steps]
+        return "\n".join(lines)
+
+
+async def run_pipeline(settings: Settings, db: Database) -> PipelineResult:
+    """Apply every loaded file not yet applied: shipments, packages, then energy."""
+    result = PipelineResult()
+    async with db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", PIPELINE_LOCK_KEY)
+        try:
+            result.steps.append(await _upsert_step(conn, settings, "shipments", "pipeline/shipments.sql"))
+            result.steps.append(await _upsert_step(conn, settings, "packages", "pipeline/packages.sql"))
+            energy_step, result.energy = await _energy_step(conn, settings)
+            result.steps.append(energy_step)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", PIPELINE_LOCK_KEY)
+    return result
+
+
+async def _pending(conn: asyncpg.Connection, settings: Settings, step: str, datasets: list[str]) -> list[int]:
+    rows = await conn.fetch(
+        f"""
+        SELECT f.id FROM ingest.files f
+        WHERE f.dataset = ANY($1::text[]) AND f.status IN ('loaded', 'loaded_with_rejects')
+          AND NOT EXISTS (
+              SELECT 1 FROM {quote_ident(settings.warehouse_schema)}.pipeline_files p
+              WHERE p.step = $2 AND p.file_id = f.id
+          )
+        ORDER BY f.id
+        """,
+        datasets,
+        step,
+    )
+    return [r["id"] for r in rows]
+
+
+async def _mark_done(conn: asyncpg.Connection, settings: Settings, step: str, files: list[int]) -> None:
+    await conn.execute(
+        f"INSERT INTO {quote_ident(settings.warehouse_schema)}.pipeline_files (step, file_id) "
+        "SELECT $1, unnest($2::bigint[])",
+        step,
+        files,
+    )
+
+
+async def _upsert_step(conn: asyncpg.Connection, settings: Settings, step: str, statement: str) -> StepResult:
+    started = time.monotonic()
+    files = await _pending(conn, settings, step, [step])
+    rows = 0
+    if files:
+        async with conn.transaction():
+            status = await conn.execute(sql(statement, settings), files)
+            rows = int(status.split()[-1])
+            await _mark_done(conn, settings, step, files)
+    detail = "nothing new" if not files else f"{rows} rows inserted or changed"
+    outcome = StepResult(step, len(files), rows, time.monotonic() - started, detail)
+    log.info("pipeline %s: %d new files, %s (%.2f s)", step, len(files), detail, outcome.seconds)
+    return outcome
+
+
+async def _energy_step(conn: asyncpg.Connection, settings: Settings) -> tuple[StepResult, EnergyResult]:
+    started = time.monotonic()
+    files = await _pending(conn, settings, "energy", ["meter_readings", "sensor_readings"])
+    energy = EnergyResult()
+    if files:
+        async with conn.transaction():
+            touched = await conn.fetch(sql("pipeline/energy_windows.sql", settings), files)
+            energy = await compute_energy(conn, settings, [_window(r) for r in touched])
+            await _mark_done(conn, settings, "energy", files)
+    detail = (
+        "nothing new"
+        if not files
+        else f"{energy.meters} meters, {energy.readings} readings → {energy.intervals} half-hours "
+        f"({energy.missing} missing), {energy.gaps} gaps, {energy.anomalies} anomalies"
+    )
+    outcome = StepResult("energy", len(files), energy.intervals, time.monotonic() - started, detail)
+    log.info("pipeline energy: %d new files, %s (%.2f s)", len(files), detail, outcome.seconds)
+    return outcome, energy
+
+
+def _window(row: asyncpg.Record) -> MeterWindow:
+    checkpoint: datetime | None = row["checkpoint_ts"]
+    if checkpoint is None:
+        return MeterWindow(row["meter_id"], BEGINNING, BEGINNING)
+    # Half-hours from the first boundary at or after the checkpoint are recomputed in full.
+    emit_from = BEGINNING + HALF_HOUR * -(-(checkpoint - BEGINNING) // HALF_HOUR)
+    return MeterWindow(row["meter_id"], checkpoint, emit_from, row["e_rel"])
+
+
+class PipelineRunner:
+    """Runs the pipeline after each loaded file (PIPELINE_ON_INGEST): one run at a time in this
+    process, and requests that arrive during a run coalesce into one more run."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def after_load(self, outcome: FileOutcome) -> None:
+        if outcome.status in ("loaded", "loaded_with_rejects"):
+            self.request()
+
+    def request(self) -> None:
+        self._requested.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._requested.is_set():
+            self._requested.clear()
+            try:
+                await run_pipeline(self.settings, self.db)
+            except Exception as exc:  # the watcher goes on; the next load tries again
+                log.exception("pipeline run failed")
+                await record_failure(self.db, exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
+async def record_failure(db: Database, exc: BaseException) -> None:
+    """Put a pipeline failure in ingest.error_log; if the database is away, the log has it."""
+    try:
+        async with db.connection() as conn:
+            await ledger.log_error(conn, "pipeline", str(exc), {"error": type(exc).__name__})
+    except Exception:
+        log.warning("could not record the pipeline failure in ingest.error_log", exc_info=True)
