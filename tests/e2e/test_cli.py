@@ -12,7 +12,7 @@ from tests.integration.helpers import METER_HEADER, meter_rows
 from tests.pg import fetch
 
 NO_DATABASE = "postgresql://nobody@127.0.0.1:9/none"  # --help must not need one
-ISSUE_2_FLAGS = ["-h", "--help", "--watch", "--ingest", "--status", "--demo"]
+FLAGS = ["-h", "--help", "--watch", "--ingest", "--pipeline", "--status", "--demo"]
 LONG_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 SETTINGS_FIX = "Fix the variable in the environment or .env (see .env.example)."
 
@@ -41,14 +41,15 @@ def test_help_exits_0_and_documents_every_flag(tmp_path: Path) -> None:
     out = help_text(tmp_path)
 
     assert out.startswith(
-        "usage: main.py [-h] [--watch [DIR]] [--ingest PATH [PATH ...]] [--status] [--demo]"
+        "usage: main.py [-h] [--watch [DIR]] [--ingest PATH [PATH ...]] [--pipeline] [--status] [--demo]"
     )
     described = help_options(out)
-    assert sorted(described) == sorted(ISSUE_2_FLAGS)
+    assert sorted(described) == sorted(FLAGS)
     assert described["--help"] == "show this help message and exit"
     assert "IMPORTS_DIR" in described["--watch"] and "SIGTERM" in described["--watch"]
     assert "every pending file of a given folder" in described["--ingest"]
     assert "status" in described["--status"]
+    assert "warehouse" in described["--pipeline"] and "incremental" in described["--pipeline"]
     assert "examples/drops/" in described["--demo"]
     prose = " ".join(out.split())
     assert "Exit codes: 0 all done, 1 some work failed, 2 bad usage or configuration." in prose
