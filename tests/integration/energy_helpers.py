@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ async def stage_readings(conn: asyncpg.Connection, readings: list[dict[str, Any]
     """One ledger file holding the readings in ingest order (record number = ingest_seq)."""
     file_id: int = await conn.fetchval(
         "INSERT INTO ingest.files (name, dataset, sha256, size_bytes, status, rows_loaded, loaded_at) "
-        "VALUES ('vector.csv', 'meter_readings', repeat('0', 64), 0, 'loaded', $1, now()) RETURNING id",
+        "VALUES ('vector.csv', 'meter_readings', $2, 0, 'loaded', $1, now()) RETURNING id",
         len(readings),
+        secrets.token_hex(32),
     )
     await conn.executemany(
-        "INSERT INTO staging.meter_readings (_file_id, _record_no, meter_id, reading_at, register_kwh, power_w) "
+        "INSERT INTO staging.meter_readings "
+        "(_file_id, _record_no, meter_id, reading_at, register_kwh, power_w) "
         "VALUES ($1, $2, $3, $4::text::timestamptz, $5::text::numeric, $6::text::numeric)",
         [
             (
