@@ -102,7 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SOME_FAILED
 
 
+def _quiet_abandoned_cancel_requests(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """When PostgreSQL vanishes mid-COPY, asyncpg leaves a request to cancel the COPY waiting for
+    an answer on the dead connection (MagicStack/asyncpg#1356); it is dropped once unreachable.
+    That is expected after an outage, so it is noted at debug level instead of as an error."""
+    task = context.get("task")
+    coro = getattr(task, "get_coro", lambda: None)()
+    if (
+        "pending" in str(context.get("message", ""))
+        and getattr(coro, "__qualname__", "") == "Connection._cancel"
+    ):
+        log.debug("dropped asyncpg's cancel request for a lost connection")
+        return
+    loop.default_exception_handler(context)
+
+
 async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRegistry) -> int:
+    asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_cancel_requests)
     dsn = await asyncio.to_thread(resolve_dsn, settings)
     await asyncio.to_thread(migrate, dsn, settings, registry)
     db = Database(dsn, max_size=settings.ingest_workers + 2)

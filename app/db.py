@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -16,6 +18,7 @@ from app.errors import ConfigError, DatabaseUnavailable
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _DRIVER_SUFFIX = re.compile(r"^postgres(?:ql)?(\+[a-z0-9_]+)?://", re.IGNORECASE)
 EMBEDDED_DATABASE = "loadbay"
@@ -34,6 +37,46 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
     return False
+
+
+async def unless_connection_lost(conn: asyncpg.Connection, work: Awaitable[T]) -> T:
+    """Await `work` on `conn`, but raise DatabaseUnavailable as soon as the connection is lost.
+
+    asyncpg's COPY from an async source waits for the socket to become writable again; when the
+    server goes away at that moment nothing wakes it (and loadbay sets no command timeout, since a
+    large COPY may take minutes), so the connection's termination is watched alongside.
+    """
+    # The pool hands out a proxy that lets go of the connection the moment it is lost, so the
+    # listener keeps the connection itself, which is what has to be terminated.
+    lost: asyncio.Future[asyncpg.Connection] = asyncio.get_running_loop().create_future()
+
+    def on_lost(raw: asyncpg.Connection) -> None:
+        if not lost.done():
+            lost.set_result(raw)
+
+    conn.add_termination_listener(on_lost)
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            # Closing the connection fails the stuck call; cancelling it instead would make
+            # asyncpg send a cancel request to a server that is not there.
+            lost.result().terminate()
+            await asyncio.wait({task}, timeout=5)
+        if task.done():
+            return task.result()
+        raise DatabaseUnavailable("the connection to PostgreSQL was lost during the load")
+    finally:
+        with contextlib.suppress(asyncpg.InterfaceError):  # raised once the connection is gone
+            conn.remove_termination_listener(on_lost)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if lost.done():
+            # asyncpg may have started a cancel request of its own when the COPY broke; it waits
+            # for an answer on the dead connection. Terminating the connection ends it.
+            lost.result().terminate()
+            await asyncio.sleep(0)
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -37,6 +37,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _WatchdogShutdownNoise(logging.Filter):
+    """watchdog logs an error when its inotify thread is stopped while reading; it is harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
 def setup_logging(settings: Settings) -> None:
     formatter: logging.Formatter = (
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(_TEXT_FORMAT)
@@ -58,3 +65,4 @@ def setup_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("watchdog.observers.inotify").addFilter(_WatchdogShutdownNoise())

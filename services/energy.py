@@ -53,6 +53,8 @@ async def compute_energy(
     if not windows:
         return EnergyResult()
     started = time.monotonic()
+    # Sorting a million readings in memory rather than on disk halves the build.
+    await conn.execute("SET LOCAL work_mem = '256MB'")
     await _parameters(conn, settings, windows)
     for step in STEPS:
         await conn.execute(sql(step, settings))
@@ -114,7 +116,9 @@ async def _parameters(conn: asyncpg.Connection, settings: Settings, windows: lis
         SELECT w.meter_id, w.window_from, w.emit_from, w.seed_e,
                p.noise_tolerance_kwh AS noise,
                coalesce(c.max_power_kw, p.max_power_kw) AS max_kw,
-               coalesce(c.register_modulus_kwh, p.register_modulus_kwh) AS modulus
+               coalesce(c.register_modulus_kwh, p.register_modulus_kwh) AS modulus,
+               p.max_actual_step_s AS max_actual_s, p.max_interp_step_s AS max_interp_s,
+               p.power_max_step_s AS power_max_s, p.power_quality = 'ACTUAL' AS power_actual
         FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[])
              AS w(meter_id, window_from, emit_from, seed_e)
         CROSS JOIN e_params p

@@ -43,7 +43,6 @@ from app.db import Database, is_transient
 from app.errors import TransientError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.ingest import pending_files
 from services.ingest.files import is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
 
@@ -149,6 +148,9 @@ class Watcher:
             self.candidates.pop(path, None)
             self.open_for_writing.discard(path)
             return
+        except OSError as exc:  # e.g. permissions: the next event or rescan looks again
+            log.warning("cannot look at %s (%s); it waits", path.name, exc)
+            return
         if what == CREATED and self._track_writers and st.st_size == 0:
             self.open_for_writing.add(path)  # created by open(): its data is still to come
         if not stat.S_ISREG(st.st_mode):
@@ -195,7 +197,17 @@ class Watcher:
         self.queue.put_nowait((path, candidate.seen_at))
 
     def rescan(self) -> None:
-        for path in pending_files(self.folder):
+        """Note every file in the folder. Other processes move files out at any moment, so a
+        name listed here may be gone when it is looked at: `note` forgets it then."""
+        try:
+            with os.scandir(self.folder) as entries:
+                # processed/ and failed/ live here; folders are never candidates, silently
+                names = [entry.name for entry in entries if not entry.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            log.warning("could not list %s (%s); trying again at the next rescan", self.folder, exc)
+            return
+        for name in names:
+            path = self.folder / name
             if path not in self.candidates:
                 self.note(path)
 
@@ -209,6 +221,8 @@ class Watcher:
             path, seen_at = await self.queue.get()
             try:
                 await self._process(path, seen_at)
+            except Exception:  # a worker that died would leave the watcher running but idle
+                log.exception("unexpected error after loading %s", path.name)
             finally:
                 self.in_flight.discard(path)
                 self.queue.task_done()
@@ -221,7 +235,12 @@ class Watcher:
                 log.exception("unexpected error while loading %s; it stays in %s", path.name, self.folder)
             delay = min(MAX_BACKOFF_SECONDS, self._backoff.get(path, 0.5) * 2)
             self._backoff[path] = delay
-            log.warning("%s will be tried again in %.0f s: %s", path.name, delay, exc)
+            reason = (
+                f"PostgreSQL is not reachable ({exc})"
+                if is_transient(exc) and not isinstance(exc, TransientError)
+                else exc
+            )
+            log.warning("%s will be tried again in %.0f s: %s", path.name, delay, reason)
             self._retry_later(path, delay)
             return
         self._backoff.pop(path, None)

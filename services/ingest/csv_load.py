@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.db import unless_connection_lost
 from app.errors import MalformedFile, MissingColumns
 from models.datasets import ColumnSpec, DatasetSpec, normalise_header
 from services.ingest.rows import (
@@ -146,7 +147,7 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
         while data := await asyncio.to_thread(stream.read, READ_SIZE):
             yield data
 
-    status = await conn.copy_to_table(
+    copy = conn.copy_to_table(
         target.dataset.table,
         schema_name=target.schema,
         source=blocks(),
@@ -156,6 +157,7 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
         encoding=PG_ENCODINGS[codecs.lookup(target.dataset.encoding).name],
         force_null=columns,
     )
+    status = await unless_connection_lost(conn, copy)
     return int(status.split()[-1])
 
 

@@ -116,8 +116,10 @@ class Loader:
                     return FileOutcome(file.name, "skipped", error="moved or changed by someone else")
                 return await self._claimed(conn, file)
             finally:
-                if not conn.is_closed():
+                try:
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
+                    pass  # the connection is gone, and its session's locks with it
 
     async def _claimed(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
         dataset: DatasetSpec | None = None

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from app.db import unless_connection_lost
 from app.errors import EmptyFile, MalformedFile, TooManyRejects
 from models.datasets import TYPE_EXPECTATIONS, ColumnSpec, DatasetSpec
 from services.ingest.values import Converter, date_converter, is_fixed_offset, timestamp_converter
@@ -244,7 +245,8 @@ class RobustCopy:
             # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the
             # call behind it, with our own statement.
             payload = self._lead + chunk.payload(start, stop)
-            status = await self.conn._copy_in(self.statement, memoryview(payload), None)
+            copy = self.conn._copy_in(self.statement, memoryview(payload), None)
+            status = await unless_connection_lost(self.conn, copy)
         loaded = int(status.split()[-1])
         for _ in range(100):  # notices are delivered by the event loop: let it run
             if len(self.notices) >= sent - loaded:

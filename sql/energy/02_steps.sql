@@ -23,76 +23,80 @@ SELECT meter_id, ts, field, v::text, file_id, record_no, 'OUTLIER' FROM e_flagge
 
 CREATE TEMP TABLE e_steps ON COMMIT DROP AS
 WITH pairs AS (
+    -- Each expression here is computed once a row by the window node; later levels read it.
     SELECT f.meter_id, f.source, f.ts AS t1, f.v AS v1,
            lag(f.ts) OVER w AS t0, lag(f.v) OVER w AS v0,
-           m.noise, m.max_kw, m.modulus,
+           -- Seconds as double precision: exact to the microsecond, far cheaper than numeric.
+           date_part('epoch', f.ts - lag(f.ts) OVER w) AS dt,
+           coalesce(m.modulus, 0) AS modulus,
            -- An incremental window starts at a checkpoint: its high-water mark carries over.
-           CASE WHEN f.ts = m.window_from THEN m.seed_e END AS seed_e
+           CASE WHEN f.ts = m.window_from THEN m.seed_e END AS seed_e,
+           CASE WHEN lag(f.ts) OVER w IS NULL OR f.source = 'power' THEN NULL
+                WHEN f.v - lag(f.v) OVER w >= 0
+                     AND f.v - lag(f.v) OVER w <= m.max_kw * date_part('epoch', f.ts - lag(f.ts) OVER w)::numeric
+                                                  / 3600 + m.noise THEN 'NORMAL'
+                WHEN f.v - lag(f.v) OVER w < 0 AND f.v - lag(f.v) OVER w >= -m.noise THEN 'NOISE'
+                WHEN f.v - lag(f.v) OVER w > 0 THEN 'BREAK'  -- more than the meter can use
+                WHEN m.modulus IS NOT NULL
+                     AND f.v - lag(f.v) OVER w + m.modulus
+                         BETWEEN 0 AND m.max_kw * date_part('epoch', f.ts - lag(f.ts) OVER w)::numeric
+                                       / 3600 + m.noise THEN 'ROLLOVER'
+                WHEN f.v <= m.max_kw * date_part('epoch', f.ts - lag(f.ts) OVER w)::numeric / 3600 + m.noise
+                     THEN 'RESET'
+                ELSE 'BREAK'
+           END AS cls
     FROM e_flagged f JOIN e_meters m USING (meter_id)
     WHERE NOT f.outlier
     WINDOW w AS (PARTITION BY f.meter_id ORDER BY f.ts)
-), measured AS (
+), limits AS (
     SELECT pairs.*,
-           extract(epoch FROM t1 - t0) AS dt,
-           v1 - v0 AS delta,
-           max_kw * extract(epoch FROM t1 - t0) / 3600 + noise AS max_step
+           -- usable: the energy is known and the step short enough to apportion;
+           -- actual: usable, a plain step, and short enough to count as measured.
+           t0 IS NULL OR (cls IS DISTINCT FROM 'BREAK'
+                          AND dt <= CASE WHEN source = 'power' THEN (SELECT power_max_step_s FROM e_params)
+                                         ELSE (SELECT max_interp_step_s FROM e_params) END) AS usable,
+           t0 IS NULL OR CASE WHEN source = 'power'
+                              THEN dt <= (SELECT power_max_step_s FROM e_params)
+                                   AND (SELECT power_quality = 'ACTUAL' FROM e_params)
+                              ELSE dt <= (SELECT max_actual_step_s FROM e_params)
+                                   AND cls IN ('NORMAL', 'NOISE', 'ROLLOVER') END AS actual
     FROM pairs
-), classified AS (
-    SELECT measured.*,
-           CASE WHEN t0 IS NULL OR source = 'power' THEN NULL
-                WHEN delta >= 0 AND delta <= max_step THEN 'NORMAL'
-                WHEN delta < 0 AND delta >= -noise THEN 'NOISE'
-                WHEN delta > max_step THEN 'BREAK'
-                WHEN modulus IS NOT NULL AND delta + modulus BETWEEN 0 AND max_step THEN 'ROLLOVER'
-                WHEN v1 <= max_step THEN 'RESET'
-                ELSE 'BREAK'
-           END AS cls
-    FROM measured
 ), counted AS (
-    SELECT classified.*,
+    SELECT limits.*,
            count(*) FILTER (WHERE cls IN ('RESET', 'BREAK')) OVER w AS seg,
-           count(*) FILTER (WHERE cls = 'ROLLOVER') OVER w AS wraps
-    FROM classified
-    WINDOW w AS (PARTITION BY meter_id ORDER BY t1 ROWS UNBOUNDED PRECEDING)
-), unwrapped AS (
-    -- Rollovers count within a segment: subtract the count at the segment's first reading.
-    SELECT counted.*,
-           v1 + coalesce(modulus, 0) * (wraps - max(CASE WHEN t0 IS NULL OR cls IN ('RESET', 'BREAK')
-                                                        THEN wraps END) OVER w) AS u
-    FROM counted
+           count(*) FILTER (WHERE cls = 'ROLLOVER') OVER w AS wraps,
+           count(*) FILTER (WHERE NOT usable) OVER w AS cum_bad,
+           count(*) FILTER (WHERE NOT actual) OVER w AS cum_estimated,
+           count(*) FILTER (WHERE cls = 'BREAK') OVER w AS cum_break,
+           count(*) FILTER (WHERE cls = 'RESET') OVER w AS cum_reset
+    FROM limits
     WINDOW w AS (PARTITION BY meter_id ORDER BY t1 ROWS UNBOUNDED PRECEDING)
 ), marked AS (
-    -- The high-water mark within a segment. Segments only grow, so a running maximum of
-    -- seg * 1e15 + u never reaches back into an earlier segment.
-    SELECT unwrapped.*,
-           max(seg * 1e15 + greatest(u, seed_e)) OVER w - seg * 1e15 AS e
-    FROM unwrapped
+    -- Within a segment, u = v + modulus x (rollovers since the segment began) and the
+    -- high-water mark e is the running maximum of u. Segments only grow, so a running maximum
+    -- of seg x 1e15 + v + modulus x rollovers never reaches back into an earlier segment, and
+    -- the rollovers before the segment are a constant within it.
+    SELECT counted.*,
+           max(CASE WHEN t0 IS NULL OR cls IN ('RESET', 'BREAK') THEN wraps END) OVER w AS wraps_before,
+           max(seg * 1e15 + modulus * wraps + greatest(v1, seed_e)) OVER w AS x_max
+    FROM counted
     WINDOW w AS (PARTITION BY meter_id ORDER BY t1 ROWS UNBOUNDED PRECEDING)
 ), energy AS (
-    SELECT marked.*,
+    SELECT meter_id, source, t0, t1, v0, v1, dt, cls, usable, actual,
+           cum_bad, cum_estimated, cum_break, cum_reset,
+           e - modulus * (wraps - wraps_before) AS e_rel,
            CASE WHEN t0 IS NULL THEN 0
-                WHEN source = 'power' THEN dt * (v0 + v1) / 2 / 3600000
+                WHEN source = 'power' THEN dt::numeric * (v0 + v1) / 2 / 3600000
                 WHEN cls = 'RESET' THEN v1
                 WHEN cls = 'BREAK' THEN NULL
                 ELSE e - lag(e) OVER w
            END AS d
-    FROM marked
+    FROM (SELECT marked.*, x_max - seg * 1e15 - modulus * wraps_before AS e FROM marked) m
     WINDOW w AS (PARTITION BY meter_id ORDER BY t1)
-), flagged AS (
-    SELECT energy.*,
-           t0 IS NULL OR (d IS NOT NULL AND dt <= CASE WHEN source = 'power' THEN p.power_max_step_s
-                                                       ELSE p.max_interp_step_s END) AS usable,
-           t0 IS NULL OR CASE WHEN source = 'power'
-                              THEN dt <= p.power_max_step_s AND p.power_quality = 'ACTUAL'
-                              ELSE d IS NOT NULL AND dt <= p.max_actual_step_s
-                                   AND cls IN ('NORMAL', 'NOISE', 'ROLLOVER') END AS actual
-    FROM energy CROSS JOIN e_params p
 )
-SELECT meter_id, source, t0, t1, v0, v1, dt, cls, d, usable, actual, e - u + v1 AS e_rel,
+SELECT energy.*,
        sum(coalesce(d, 0)) OVER w AS cum_d,
-       count(*) FILTER (WHERE NOT usable) OVER w AS cum_bad,
-       count(*) FILTER (WHERE NOT actual) OVER w AS cum_estimated,
-       count(*) FILTER (WHERE cls = 'BREAK') OVER w AS cum_break,
-       count(*) FILTER (WHERE cls = 'RESET') OVER w AS cum_reset
-FROM flagged
+       -- The last reading of each UTC day: where later incremental runs may start.
+       date_trunc('day', t1, 'UTC') IS DISTINCT FROM date_trunc('day', lead(t1) OVER w, 'UTC') AS day_end
+FROM energy
 WINDOW w AS (PARTITION BY meter_id ORDER BY t1 ROWS UNBOUNDED PRECEDING);

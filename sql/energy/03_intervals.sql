@@ -21,8 +21,8 @@ SELECT s.meter_id, s.source, g.b,
            WHEN s.source = 'power' THEN
                -- Trapezoid from t0 to b on power interpolated linearly within the step.
                extract(epoch FROM g.b - s.t0)
-               * (2 * s.v0 + (s.v1 - s.v0) * extract(epoch FROM g.b - s.t0) / s.dt) / 2 / 3600000
-           ELSE s.d * extract(epoch FROM g.b - s.t0) / s.dt
+               * (2 * s.v0 + (s.v1 - s.v0) * extract(epoch FROM g.b - s.t0) / s.dt::numeric) / 2 / 3600000
+           ELSE s.d * extract(epoch FROM g.b - s.t0) / s.dt::numeric
        END,
        s.cum_bad - CASE WHEN g.b < s.t1 AND NOT s.usable THEN 1 ELSE 0 END,
        s.cum_bad,

@@ -67,14 +67,13 @@ ON CONFLICT (meter_id, ts, file_id, record_no, field) DO UPDATE
 SET value = EXCLUDED.value, reason = EXCLUDED.reason, computed_at = now()
 WHERE (reading_anomalies.value, reading_anomalies.reason) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.reason);
 
--- Checkpoints for later incremental runs: the last reading of each UTC day whose incoming step
--- was a plain one (not a reset, break or long gap), with the high-water mark at that reading.
+-- Checkpoints for later incremental runs: the last reading of each UTC day, when its incoming
+-- step was a plain one (not a reset, break or long gap), with the high-water mark there.
 DELETE FROM {warehouse}.energy_checkpoints c
 USING e_meters m
 WHERE c.meter_id = m.meter_id AND c.ts >= m.window_from;
 
 INSERT INTO {warehouse}.energy_checkpoints (meter_id, ts, source, v, e_rel)
-SELECT DISTINCT ON (meter_id, date_trunc('day', t1, 'UTC')) meter_id, t1, source, v1, e_rel
+SELECT meter_id, t1, source, v1, e_rel
 FROM e_steps
-WHERE t0 IS NULL OR (usable AND (source = 'power' OR cls IN ('NORMAL', 'NOISE', 'ROLLOVER')))
-ORDER BY meter_id, date_trunc('day', t1, 'UTC'), t1 DESC;
+WHERE day_end AND (t0 IS NULL OR (usable AND (source = 'power' OR cls IN ('NORMAL', 'NOISE', 'ROLLOVER'))));

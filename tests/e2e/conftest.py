@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import Watchers
+from tests.e2e.helpers import BIG_ROWS, BIG_SIZE, Watchers, meter_csv
 
 
 @pytest.fixture
@@ -13,3 +15,28 @@ def watchers() -> Iterator[Watchers]:
     started = Watchers()
     yield started
     started.cleanup()
+
+
+@pytest.fixture(scope="session")
+def big_meter_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000,000 clean meter rows (40 MB): loading it takes a second or more."""
+    path = tmp_path_factory.mktemp("big") / "meter_readings_big.csv"
+    path.write_bytes(meter_csv(BIG_ROWS))
+    assert path.stat().st_size == BIG_SIZE
+    return path
+
+
+@pytest.fixture
+def drop_big(big_meter_file: Path, workdir: Path) -> Iterator[Callable[[], Path]]:
+    """Drops a copy of the big file into imports/ in one rename; removes every copy at the end
+    (40 MB each: pytest keeps the temporary folders of the last runs)."""
+    imports = workdir / "imports"
+
+    def drop() -> Path:
+        hidden = imports / f".{big_meter_file.name}.incoming"
+        shutil.copyfile(big_meter_file, hidden)
+        return hidden.rename(imports / big_meter_file.name)
+
+    yield drop
+    for copy in imports.glob(f"**/{big_meter_file.name}*"):
+        copy.unlink()

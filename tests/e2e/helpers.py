@@ -9,16 +9,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from tests.conftest import start_cli
+from tests.pg import fetch
 
 T = TypeVar("T")
 
 METER_HEADER = "meter_id,reading_at,register_kwh,power_w\n"
-READY = "watching "  # the watcher's first line once its observer and workers run
+BIG_ROWS = 1_000_000
+BIG_SIZE = 40_334_041  # bytes of meter_csv(BIG_ROWS)
+READY = r"services\.watcher: watching /"  # logged once its observer and workers run
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -76,14 +79,13 @@ class WatcherProcess:
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"watcher did not log {pattern!r} within {timeout} s:\n{''.join(self.lines)}")
+                    raise AssertionError(
+                        f"watcher did not log {pattern!r} within {timeout} s:\n{''.join(self.lines)}"
+                    )
                 self._changed.wait(min(left, 0.2))
 
     def wait_ready(self, timeout: float = 60) -> None:
         self.wait_for(READY, timeout)
-
-    def send(self, sig: int) -> None:
-        self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Send `sig` and wait for the process to exit; its exit code."""
@@ -127,7 +129,7 @@ class Watchers:
 
 def meter_csv(rows: int, meters: int = 100, first_meter: int = 0, start: datetime | None = None) -> bytes:
     """A clean meter CSV: `rows` readings of `meters` meters, ten minutes apart, register rising."""
-    base = start or datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = start or datetime(2024, 1, 1, tzinfo=UTC)
     steps = (rows + meters - 1) // meters
     times = [(base + timedelta(minutes=10 * s)).strftime("%Y-%m-%dT%H:%M:%SZ") for s in range(steps)]
     ids = [f"M{first_meter + m:04d}" for m in range(meters)]
@@ -152,9 +154,42 @@ def processed_files(imports: Path) -> list[Path]:
     return sorted(processed.glob("*/*")) if processed.exists() else []
 
 
-def today_folder(imports: Path) -> Path:
-    return imports / "processed" / datetime.now(timezone.utc).strftime("%Y-%m-%d")
-
-
 def waiting_files(imports: Path) -> list[str]:
     return sorted(p.name for p in imports.iterdir() if p.is_file())
+
+
+def ledger(dsn: str) -> list[tuple[object, ...]]:
+    """(name, status, rows_loaded, rows_rejected) of every ledger row, oldest first."""
+    rows = fetch(dsn, "SELECT name, status, rows_loaded, rows_rejected FROM ingest.files ORDER BY id")
+    return [tuple(r) for r in rows]
+
+
+def meter_summary(dsn: str) -> tuple[object, ...]:
+    """Rows, distinct (file, record) pairs, lowest and highest record number, files, sum of power_w."""
+    row = fetch(
+        dsn,
+        "SELECT count(*), count(DISTINCT (_file_id, _record_no)), min(_record_no), max(_record_no), "
+        "count(DISTINCT _file_id), sum(power_w) FROM staging.meter_readings",
+    )[0]
+    return tuple(row)
+
+
+BIG_POWER_SUM = sum(i % 5000 for i in range(BIG_ROWS))
+
+
+def big_file_loaded_once_or_not_at_all(dsn: str, imports: Path) -> bool:
+    """True when the big file is loaded exactly once and moved; False when nothing of it is in the
+    database and it still waits in imports/. Any state in between fails."""
+    files = fetch(dsn, "SELECT status, rows_loaded, moved_to FROM ingest.files")
+    if not files:
+        assert (meter_summary(dsn)[0], waiting_files(imports), processed_files(imports)) == (
+            0,
+            ["meter_readings_big.csv"],
+            [],
+        )
+        return False
+    assert [(f["status"], f["rows_loaded"]) for f in files] == [("loaded", BIG_ROWS)]
+    assert meter_summary(dsn) == (BIG_ROWS, BIG_ROWS, 1, BIG_ROWS, 1, BIG_POWER_SUM)
+    assert waiting_files(imports) == []
+    assert [str(p) for p in processed_files(imports)] == [files[0]["moved_to"]]
+    return True

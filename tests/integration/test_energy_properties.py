@@ -51,9 +51,9 @@ def messy_meter(seed: int, meter: str) -> list[dict[str, Any]]:
             value = None if power is not None else value
         out.append({"meter_id": meter, "ts": t.isoformat(), "register_kwh": value, "power_w": power})
         if rng.random() < 0.1:  # a duplicate, sometimes conflicting
-            copy = dict(out[-1])
-            if rng.random() < 0.5 and copy["register_kwh"] is not None:
-                copy["register_kwh"] = round(copy["register_kwh"] + 0.5, 3)
+            copy: dict[str, Any] = dict(out[-1])
+            if rng.random() < 0.5 and value is not None:
+                copy["register_kwh"] = round(value + 0.5, 3)
             out.append(copy)
     rng.shuffle(out)
     for seq, reading in enumerate(out, start=1):

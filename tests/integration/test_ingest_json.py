@@ -73,7 +73,7 @@ def test_csv_json_wrapped_ndjson_and_gzip_give_identical_rows(settings: Settings
     assert [(o.name, o.status, o.rows_loaded) for o in result.outcomes] == [
         (name, "loaded", 2) for name in FORMATS
     ]
-    ids = [o.file_id for o in result.outcomes]
+    ids = [o.file_id or 0 for o in result.outcomes]
     expected = _staging_rows(dsn, "shipments", ids[0])
     assert expected[0][:5] == (1, "J100", "S1", "Example Co", None)
     assert len(expected) == 2
