@@ -121,7 +121,7 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
     asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_cancel_requests)
     dsn = await asyncio.to_thread(resolve_dsn, settings)
     await asyncio.to_thread(migrate, dsn, settings, registry)
-    db = Database(dsn, max_size=settings.ingest_workers + 2)
+    db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 2)
     try:
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_reject_ratio: float = Field(0.1, ge=0, le=1)
     source_timezone: str = "UTC"
     pipeline_on_ingest: bool = False
+    pipeline_workers: int = Field(2, ge=1, le=16)
 
     detrack_api_key: SecretStr = SecretStr("")
     detrack_base_url: str = "https://app.detrack.com/api/v2"

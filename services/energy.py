@@ -60,7 +60,7 @@ async def compute_energy(
         await conn.execute(sql(step, settings))
     counts = await conn.fetchrow(
         """
-        SELECT (SELECT count(*) FROM e_series) AS readings,
+        SELECT (SELECT count(*) FROM e_ranked WHERE valid AND rank = 1) AS readings,
                (SELECT count(*) FROM e_result) AS intervals,
                (SELECT count(*) FROM e_result WHERE quality = 'MISSING') AS missing,
                (SELECT count(*) FROM e_gaps) AS gaps,
@@ -75,9 +75,7 @@ async def compute_energy(
 _TEMP_TABLES = (
     "e_input",
     "e_anomalies",
-    "e_candidates",
     "e_ranked",
-    "e_series",
     "e_flagged",
     "e_steps",
     "e_points",

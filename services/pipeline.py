@@ -59,7 +59,7 @@ async def run_pipeline(settings: Settings, db: Database) -> PipelineResult:
         try:
             result.steps.append(await _upsert_step(conn, settings, "shipments", "pipeline/shipments.sql"))
             result.steps.append(await _upsert_step(conn, settings, "packages", "pipeline/packages.sql"))
-            energy_step, result.energy = await _energy_step(conn, settings)
+            energy_step, result.energy = await _energy_step(conn, settings, db)
             result.steps.append(energy_step)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", PIPELINE_LOCK_KEY)
@@ -107,14 +107,19 @@ async def _upsert_step(conn: asyncpg.Connection, settings: Settings, step: str, 
     return outcome
 
 
-async def _energy_step(conn: asyncpg.Connection, settings: Settings) -> tuple[StepResult, EnergyResult]:
+async def _energy_step(
+    conn: asyncpg.Connection, settings: Settings, db: Database
+) -> tuple[StepResult, EnergyResult]:
     started = time.monotonic()
     files = await _pending(conn, settings, "energy", ["meter_readings", "sensor_readings"])
     energy = EnergyResult()
     if files:
+        touched = await conn.fetch(sql("pipeline/energy_windows.sql", settings), files)
+        windows = [_window(r) for r in touched]
+        energy = await _compute_in_parallel(settings, db, windows)
+        # Only now are the files done: had a group failed, they would all be recomputed next
+        # time, which is harmless because every write is an idempotent upsert.
         async with conn.transaction():
-            touched = await conn.fetch(sql("pipeline/energy_windows.sql", settings), files)
-            energy = await compute_energy(conn, settings, [_window(r) for r in touched])
             await _mark_done(conn, settings, "energy", files)
     detail = (
         "nothing new"
@@ -125,6 +130,31 @@ async def _energy_step(conn: asyncpg.Connection, settings: Settings) -> tuple[St
     outcome = StepResult("energy", len(files), energy.intervals, time.monotonic() - started, detail)
     log.info("pipeline energy: %d new files, %s (%.2f s)", len(files), detail, outcome.seconds)
     return outcome, energy
+
+
+async def _compute_in_parallel(settings: Settings, db: Database, windows: list[MeterWindow]) -> EnergyResult:
+    """Meters are independent: split them over PIPELINE_WORKERS connections (PostgreSQL runs a
+    query on one core; this uses the others)."""
+    groups = [windows[k :: settings.pipeline_workers] for k in range(settings.pipeline_workers)]
+
+    async def compute(group: list[MeterWindow]) -> EnergyResult:
+        async with db.connection() as worker, worker.transaction():
+            return await compute_energy(worker, settings, group)
+
+    outcomes = await asyncio.gather(*(compute(g) for g in groups if g), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    results = [o for o in outcomes if isinstance(o, EnergyResult)]
+    return EnergyResult(
+        meters=sum(r.meters for r in results),
+        readings=sum(r.readings for r in results),
+        intervals=sum(r.intervals for r in results),
+        missing=sum(r.missing for r in results),
+        gaps=sum(r.gaps for r in results),
+        anomalies=sum(r.anomalies for r in results),
+        seconds=max((r.seconds for r in results), default=0.0),
+    )
 
 
 def _window(row: asyncpg.Record) -> MeterWindow:

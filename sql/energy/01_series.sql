@@ -1,8 +1,13 @@
 -- Energy, step 1: the readings of the meters in e_meters, checked and deduplicated.
 -- In: e_params (one row of settings), e_meters (meter_id, window_from, max_kw, modulus).
--- Out: e_anomalies (dropped readings), e_series (one kept value per meter and instant).
+-- Out: e_anomalies (dropped readings), e_ranked (every reading of the chosen series, ranked
+-- within its instant; the kept ones are `valid AND rank = 1`).
 
 CREATE TEMP TABLE e_input ON COMMIT DROP AS
+SELECT i.*,
+       i.register_kwh >= 0 AND i.register_kwh NOT IN ('NaN', 'Infinity') AS register_ok,
+       i.power_w BETWEEN 0 AND m.max_kw * 1000 AS power_ok
+FROM (
 SELECT r.meter_id, r.reading_at AS ts, r.register_kwh, r.power_w, 'power_w' AS power_field,
        r._file_id AS file_id, r._record_no AS record_no
 FROM {staging}.meter_readings r
@@ -21,7 +26,9 @@ SELECT s.device_name, s.reading_at, NULL,
 FROM {staging}.sensor_readings s
 JOIN e_meters m ON m.meter_id = s.device_name
 CROSS JOIN e_params p
-WHERE s.reading_at >= m.window_from;
+WHERE s.reading_at >= m.window_from
+) i
+JOIN e_meters m USING (meter_id);
 
 CREATE TEMP TABLE e_anomalies (
     meter_id text, ts timestamptz, field text, value text, file_id bigint, record_no bigint, reason text
@@ -30,44 +37,32 @@ CREATE TEMP TABLE e_anomalies (
 INSERT INTO e_anomalies
 SELECT meter_id, ts, 'register_kwh', register_kwh::text, file_id, record_no, 'INVALID'
 FROM e_input
-WHERE register_kwh < 0 OR register_kwh IN ('NaN', 'Infinity', '-Infinity')
+WHERE register_kwh IS NOT NULL AND NOT register_ok
 UNION ALL
-SELECT i.meter_id, i.ts, i.power_field, i.power_w::text, i.file_id, i.record_no,
-       CASE WHEN i.power_w IN ('NaN', 'Infinity', '-Infinity') THEN 'INVALID' ELSE 'OUT_OF_RANGE' END
-FROM e_input i JOIN e_meters m USING (meter_id)
-WHERE i.power_w IN ('NaN', 'Infinity', '-Infinity') OR i.power_w < 0 OR i.power_w > m.max_kw * 1000;
+SELECT meter_id, ts, power_field, power_w::text, file_id, record_no,
+       CASE WHEN power_w IN ('NaN', 'Infinity', '-Infinity') THEN 'INVALID' ELSE 'OUT_OF_RANGE' END
+FROM e_input
+WHERE power_w IS NOT NULL AND NOT power_ok;
 
 -- A meter with any valid register reading is computed from its register; the others from power.
-CREATE TEMP TABLE e_candidates ON COMMIT DROP AS
-WITH valid AS (
-    SELECT i.meter_id, i.ts, i.file_id, i.record_no,
-           CASE WHEN i.register_kwh >= 0 AND i.register_kwh NOT IN ('NaN', 'Infinity')
-                THEN i.register_kwh END AS register_kwh,
-           CASE WHEN i.power_w BETWEEN 0 AND m.max_kw * 1000 THEN i.power_w END AS power_w
-    FROM e_input i JOIN e_meters m USING (meter_id)
-), by_register AS (
-    SELECT DISTINCT meter_id FROM valid WHERE register_kwh IS NOT NULL
-)
-SELECT v.meter_id, v.ts, 'register' AS source, v.register_kwh AS v, 'register_kwh' AS field, v.file_id, v.record_no
-FROM valid v JOIN by_register USING (meter_id)
-WHERE v.register_kwh IS NOT NULL
-UNION ALL
-SELECT v.meter_id, v.ts, 'power', v.power_w, 'power_w', v.file_id, v.record_no
-FROM valid v
-WHERE v.power_w IS NOT NULL AND v.meter_id NOT IN (SELECT meter_id FROM by_register);
-
--- One value per meter and instant: the latest ingest wins; equal copies collapse.
+-- Within one instant the latest ingest wins (valid values first); equal copies collapse.
 CREATE TEMP TABLE e_ranked ON COMMIT DROP AS
-SELECT c.*,
-       row_number() OVER w AS rank,
-       first_value(v) OVER w AS winner
-FROM e_candidates c
-WINDOW w AS (PARTITION BY meter_id, ts ORDER BY file_id DESC, record_no DESC);
+WITH by_register AS (
+    SELECT meter_id, coalesce(bool_or(register_ok), false) AS register
+    FROM e_input GROUP BY meter_id
+), chosen AS (
+    SELECT i.meter_id, i.ts, i.file_id, i.record_no,
+           CASE WHEN b.register THEN 'register' ELSE 'power' END AS source,
+           CASE WHEN b.register THEN i.register_kwh ELSE i.power_w END AS v,
+           CASE WHEN b.register THEN 'register_kwh' ELSE i.power_field END AS field,
+           coalesce(CASE WHEN b.register THEN i.register_ok ELSE i.power_ok END, false) AS valid
+    FROM e_input i JOIN by_register b USING (meter_id)
+)
+SELECT chosen.*, row_number() OVER w AS rank, first_value(v) OVER w AS winner
+FROM chosen
+WINDOW w AS (PARTITION BY meter_id, ts ORDER BY valid DESC, file_id DESC, record_no DESC);
 
 INSERT INTO e_anomalies
 SELECT meter_id, ts, field, v::text, file_id, record_no,
        CASE WHEN v = winner THEN 'DUPLICATE' ELSE 'CONFLICT_SUPERSEDED' END
-FROM e_ranked WHERE rank > 1;
-
-CREATE TEMP TABLE e_series ON COMMIT DROP AS
-SELECT meter_id, ts, source, v, field, file_id, record_no FROM e_ranked WHERE rank = 1;
+FROM e_ranked WHERE valid AND rank > 1;

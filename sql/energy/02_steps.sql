@@ -8,7 +8,8 @@ WITH neighbours AS (
     SELECT s.*, m.noise, m.max_kw,
            lag(s.v) OVER w AS v_prev, lag(s.ts) OVER w AS t_prev,
            lead(s.v) OVER w AS v_next, lead(s.ts) OVER w AS t_next
-    FROM e_series s JOIN e_meters m USING (meter_id)
+    FROM e_ranked s JOIN e_meters m USING (meter_id)
+    WHERE s.valid AND s.rank = 1
     WINDOW w AS (PARTITION BY s.meter_id ORDER BY s.ts)
 )
 SELECT n.*,
