@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.db import Database
@@ -28,7 +28,7 @@ from models.datasets import DatasetRegistry
 from services.ingest import run_ingest
 from services.pipeline import run_pipeline
 
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 STEP = timedelta(minutes=10)
 
 
