@@ -23,6 +23,7 @@ from app.logging import setup_logging
 from app.migrate import migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from services.dispatch import run_dispatch
 from services.ingest import run_ingest
 from services.pipeline import PipelineRunner, record_failure, run_pipeline
 from services.status import run_status
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build the warehouse from staging: shipments, packages and half-hourly energy "
         "(incremental: only files not applied yet)",
+    )
+    parser.add_argument(
+        "--dispatch",
+        action="store_true",
+        help="send eligible shipments to DeTrack as jobs assigned to vans, update changed ones and "
+        "read delivery statuses back (needs DETRACK_API_KEY)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --dispatch: print the job payloads (personal data masked) and send nothing",
     )
     parser.add_argument(
         "--status",
@@ -126,7 +138,11 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
             ingest_paths.append(_prepare_demo(settings))
-        watch = args.watch is not None or not (ingest_paths or args.status or args.pipeline)
+        if args.dry_run and not args.dispatch:
+            raise ConfigError(
+                "--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run"
+            )
+        watch = args.watch is not None or not (ingest_paths or args.status or args.pipeline or args.dispatch)
         code = EXIT_OK
         if ingest_paths:
             result = await run_ingest(settings, db, registry, ingest_paths)
@@ -134,6 +150,11 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
                 code = EXIT_SOME_FAILED
         if args.pipeline or args.demo:
             code = max(code, await _pipeline(settings, db))
+        if args.dispatch or args.demo:
+            dry_run = args.dry_run or (args.demo and not settings.detrack_api_key.get_secret_value())
+            dispatched = await run_dispatch(settings, db, dry_run=dry_run)
+            print(dispatched.summary())
+            code = max(code, EXIT_SOME_FAILED if dispatched.failed else EXIT_OK)
         if args.status or args.demo:
             print((await run_status(db)).render())
         if watch:

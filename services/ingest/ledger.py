@@ -113,11 +113,15 @@ async def log_error(
     detail: dict[str, object],
     *,
     file_id: int | None = None,
+    do_number: str | None = None,
 ) -> None:
+    """One row in ingest.error_log; every component records its failures here."""
     await conn.execute(
-        "INSERT INTO ingest.error_log (component, message, detail, file_id) VALUES ($1, $2, $3::jsonb, $4)",
+        "INSERT INTO ingest.error_log (component, message, detail, file_id, do_number) "
+        "VALUES ($1, $2, $3::jsonb, $4, $5)",
         component,
         message,
         json.dumps(detail, default=str),
         file_id,
+        do_number,
     )

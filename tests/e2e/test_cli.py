@@ -12,7 +12,7 @@ from tests.integration.helpers import METER_HEADER, meter_rows
 from tests.pg import fetch
 
 NO_DATABASE = "postgresql://nobody@127.0.0.1:9/none"  # --help must not need one
-FLAGS = ["-h", "--help", "--watch", "--ingest", "--pipeline", "--status", "--demo"]
+FLAGS = ["-h", "--help", "--watch", "--ingest", "--pipeline", "--dispatch", "--dry-run", "--status", "--demo"]
 LONG_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 SETTINGS_FIX = "Fix the variable in the environment or .env (see .env.example)."
 
@@ -41,7 +41,7 @@ def test_help_exits_0_and_documents_every_flag(tmp_path: Path) -> None:
     out = help_text(tmp_path)
 
     assert out.startswith(
-        "usage: main.py [-h] [--watch [DIR]] [--ingest PATH [PATH ...]] [--pipeline] [--status] [--demo]"
+        "usage: main.py [-h] [--watch [DIR]] [--ingest PATH [PATH ...]] [--pipeline] [--dispatch] [--dry-run]"
     )
     described = help_options(out)
     assert sorted(described) == sorted(FLAGS)

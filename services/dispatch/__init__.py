@@ -1,0 +1,129 @@
+"""`--dispatch`: eligible shipments → DeTrack jobs on the right van, statuses back.
+
+One dispatch runs at a time across all processes (an advisory lock); within it the outbox rows
+are claimed with `FOR UPDATE SKIP LOCKED`. The order of a run: plan the outbox from the
+warehouse, settle rows a crash left `sending`, create new jobs in bulk, update changed ones, and
+read back the status of every job not yet finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from app.db import Database
+from app.errors import ConfigError
+from app.schema import quote_ident
+from app.settings import Settings
+from models.detrack import AssignmentRules
+from services.dispatch.client import DetrackClient
+from services.dispatch.plan import Assigner, plan_jobs
+from services.dispatch.send import SendCounts, Sender
+
+log = logging.getLogger(__name__)
+
+DISPATCH_LOCK_KEY = 0x6C6F616462617903  # "loadbay" + 3
+
+
+@dataclass
+class DispatchResult:
+    dry_run: bool
+    new: int = 0
+    changed: int = 0
+    counts: SendCounts = field(default_factory=SendCounts)
+    by_status: dict[str, int] = field(default_factory=dict)
+    payloads: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.by_status.get("failed") or self.by_status.get("retry"))
+
+    def summary(self) -> str:
+        if self.dry_run:
+            lines = [json.dumps(p, ensure_ascii=False) for p in self.payloads]
+            lines.append(f"dry run: {len(self.payloads)} jobs would be sent or updated; nothing was sent")
+            return "\n".join(lines)
+        c = self.counts
+        rows = [
+            ("new shipments planned", self.new),
+            ("changed shipments", self.changed),
+            ("jobs created", c.sent),
+            ("duplicates confirmed", c.duplicate_confirmed),
+            ("recovered after a crash", c.recovered),
+            ("jobs updated", c.updated),
+            ("marked delivered", c.delivered),
+            ("failed (outbox)", self.by_status.get("failed", 0)),
+            ("retry later (outbox)", self.by_status.get("retry", 0)),
+            ("sent (outbox)", self.by_status.get("sent", 0)),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value:>6}" for name, value in rows)
+
+
+def load_rules(settings: Settings) -> AssignmentRules:
+    path = settings.dispatch_rules
+    if not path.exists():
+        return AssignmentRules()
+    try:
+        return AssignmentRules.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError(
+            f"{path} is not a valid rules file: {exc}", hint="See the README, 'Dispatch'"
+        ) from None
+
+
+async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = False) -> DispatchResult:
+    key = settings.detrack_api_key
+    if not dry_run and not key.get_secret_value():
+        raise ConfigError(
+            "DETRACK_API_KEY is empty, so jobs cannot be sent",
+            hint="Set DETRACK_API_KEY, or run --dispatch --dry-run to see the payloads",
+        )
+    rules = load_rules(settings)
+    client = DetrackClient(settings.detrack_base_url, key, settings.detrack_rate_limit_per_minute)
+    result = DispatchResult(dry_run=dry_run)
+    wh = quote_ident(settings.warehouse_schema)
+    async with db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", DISPATCH_LOCK_KEY)
+        try:
+            if dry_run:
+                async with conn.transaction():
+                    plan = await plan_jobs(conn, settings, lambda load: Assigner(rules, lambda: [], load))
+                    result.payloads = [job.masked() for job in plan.jobs]
+                    raise _RollBack
+            plan = await plan_jobs(conn, settings, lambda load: Assigner(rules, client.vehicle_names, load))
+            result.new, result.changed = plan.new, plan.changed
+            sender = Sender(conn, settings, client)
+            await sender.recover_sending()
+            await sender.create_all()
+            await sender.update_all()
+            await sender.sync_statuses()
+            result.counts = sender.counts
+            result.by_status = {
+                r["status"]: r["n"]
+                for r in await conn.fetch(
+                    f"SELECT status, count(*) AS n FROM {wh}.detrack_jobs GROUP BY status"
+                )
+            }
+        except _RollBack:
+            pass
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", DISPATCH_LOCK_KEY)
+    log.info(
+        "dispatch: %d created, %d duplicates confirmed, %d updated, %d delivered, %d failed, %d to retry",
+        result.counts.sent,
+        result.counts.duplicate_confirmed,
+        result.counts.updated,
+        result.counts.delivered,
+        result.by_status.get("failed", 0),
+        result.by_status.get("retry", 0),
+    )
+    return result
+
+
+class _RollBack(Exception):
+    """A dry run plans inside a transaction and throws the plan away."""

@@ -1,0 +1,248 @@
+"""Outbox → DeTrack: reconcile, create in bulk, update, and read statuses back.
+
+Rows are claimed (`FOR UPDATE SKIP LOCKED`) and marked `sending` in a committed transaction
+before any request leaves, so a crash can only leave rows `sending`; the next run asks DeTrack
+about each of those (GET) before it sends anything, and a job is never created twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+
+from app.errors import TransientError
+from app.schema import quote_ident
+from app.settings import Settings
+from models.detrack import FINISHED_STATUSES
+from services.dispatch.client import BULK_LIMIT, DetrackClient
+from services.ingest.ledger import log_error
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY_S = 300
+
+
+@dataclass
+class SendCounts:
+    sent: int = 0
+    duplicate_confirmed: int = 0
+    updated: int = 0
+    failed: int = 0
+    retry: int = 0
+    recovered: int = 0
+    delivered: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _is_duplicate(errors: list[dict[str, Any]]) -> bool:
+    """DeTrack says the do_number exists on that date ("is already taken", or "has duplicate")."""
+    return any(
+        e.get("field") == "do_number" and any("taken" in c or "duplicate" in c for c in e.get("codes", []))
+        for e in errors
+    )
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e.get('field')}: {', '.join(e.get('codes', []))}" for e in errors) or "rejected"
+
+
+class Sender:
+    def __init__(self, conn: asyncpg.Connection, settings: Settings, client: DetrackClient) -> None:
+        self.conn = conn
+        self.client = client
+        self.wh = quote_ident(settings.warehouse_schema)
+        self.counts = SendCounts()
+
+    async def _http(self, call: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(call, *args)
+
+    async def recover_sending(self) -> None:
+        """Rows a crash left `sending`: DeTrack has the job or it does not."""
+        rows = await self.conn.fetch(
+            f"SELECT do_number, date FROM {self.wh}.detrack_jobs WHERE status = 'sending'"
+        )
+        for row in rows:
+            job = await self._http(self.client.get_job, row["do_number"], row["date"].isoformat())
+            if job is None:
+                await self._set(row, "pending", error=None)
+            else:
+                await self._set_sent(row, job)
+                self.counts.recovered += 1
+
+    async def _claim(self, action: str) -> list[asyncpg.Record]:
+        async with self.conn.transaction():
+            return list(
+                await self.conn.fetch(
+                    f"""
+                    UPDATE {self.wh}.detrack_jobs j
+                    SET status = 'sending', attempts = attempts + 1, updated_at = now()
+                    FROM (
+                        SELECT do_number, date FROM {self.wh}.detrack_jobs
+                        WHERE status IN ('pending', 'retry') AND action = $1 AND next_attempt_at <= now()
+                        ORDER BY date, do_number
+                        LIMIT $2
+                        FOR UPDATE SKIP LOCKED
+                    ) due
+                    WHERE j.do_number = due.do_number AND j.date = due.date
+                    RETURNING j.do_number, j.date, j.payload::text, j.attempts
+                    """,
+                    action,
+                    BULK_LIMIT,
+                )
+            )
+
+    async def create_all(self) -> None:
+        while batch := await self._claim("create"):
+            payloads = [json.loads(r["payload"]) for r in batch]
+            try:
+                response = await self._http(self.client.create_jobs, payloads)
+            except TransientError as exc:
+                await self._retry_later(batch, str(exc))
+                continue
+            await self._reconcile(batch, response.status_code, response.json())
+
+    async def _reconcile(self, batch: list[asyncpg.Record], status: int, body: dict[str, Any]) -> None:
+        by_key = {(r["do_number"], r["date"].isoformat()): r for r in batch}
+        for job in body.get("data") or []:
+            row = by_key.pop((job.get("do_number"), job.get("date")), None)
+            if row is not None:
+                await self._set_sent(row, job)
+                self.counts.sent += 1
+        for failure in body.get("errors") or []:
+            row = by_key.pop((failure.get("do_number"), failure.get("date")), None)
+            if row is None:
+                continue
+            errors = failure.get("errors") or []
+            if _is_duplicate(errors):
+                existing = await self._http(self.client.get_job, row["do_number"], row["date"].isoformat())
+                if existing is not None:
+                    await self._set_sent(row, existing)
+                    self.counts.duplicate_confirmed += 1
+                    continue
+            await self._fail(row, _describe(errors), errors)
+        for row in by_key.values():  # neither created nor refused by name: ask again later
+            await self._retry_later([row], f"DeTrack answered {status} without naming this job")
+
+    async def update_all(self) -> None:
+        while batch := await self._claim("update"):
+            for row in batch:
+                fields = json.loads(row["payload"])
+                try:
+                    response = await self._http(
+                        self.client.update_job, row["do_number"], row["date"].isoformat(), fields
+                    )
+                except TransientError as exc:
+                    await self._retry_later([row], str(exc))
+                    continue
+                body = response.json() if response.content else {}
+                if response.status_code == 200:
+                    await self._set_sent(row, body.get("data") or {})
+                    self.counts.updated += 1
+                else:
+                    await self._fail(row, _describe(body.get("errors") or []), body.get("errors") or [])
+
+    async def sync_statuses(self) -> None:
+        """Read back the status of every sent, unfinished job, a day at a time."""
+        days = await self.conn.fetch(
+            f"SELECT DISTINCT date FROM {self.wh}.detrack_jobs WHERE status = 'sent' "
+            "AND (detrack_status IS NULL OR detrack_status <> ALL($1::text[])) ORDER BY date",
+            list(FINISHED_STATUSES),
+        )
+        for day in days:
+            jobs = await self._http(lambda d: list(self.client.jobs_on(d)), day["date"].isoformat())
+            for job in jobs:
+                await self._record_status(day["date"], job)
+
+    async def _record_status(self, day: date, job: dict[str, Any]) -> None:
+        status = job.get("status")
+        row = await self.conn.fetchrow(
+            f"""
+            UPDATE {self.wh}.detrack_jobs SET detrack_status = $3, updated_at = now()
+            WHERE do_number = $1 AND date = $2 AND detrack_status IS DISTINCT FROM $3
+            RETURNING shipment_number
+            """,
+            job.get("do_number"),
+            day,
+            status,
+        )
+        if row is not None and status in FINISHED_STATUSES:
+            marked = await self.conn.execute(
+                f"UPDATE {self.wh}.fact_shipment SET delivered = true, delivered_at = $2 "
+                "WHERE shipment_number = $1 AND NOT delivered",
+                row["shipment_number"],
+                _finished_at(job),
+            )
+            self.counts.delivered += int(marked.split()[-1])
+
+    async def _set_sent(self, row: asyncpg.Record, job: dict[str, Any]) -> None:
+        await self.conn.execute(
+            f"""
+            UPDATE {self.wh}.detrack_jobs
+            SET status = 'sent', detrack_id = coalesce($3, detrack_id),
+                detrack_status = coalesce($4, detrack_status), last_error = NULL, sent_at = now(),
+                updated_at = now()
+            WHERE do_number = $1 AND date = $2
+            """,
+            row["do_number"],
+            row["date"],
+            None if job.get("id") is None else str(job["id"]),
+            job.get("status"),
+        )
+
+    async def _set(self, row: asyncpg.Record, status: str, error: str | None) -> None:
+        await self.conn.execute(
+            f"UPDATE {self.wh}.detrack_jobs SET status = $3, last_error = $4, updated_at = now() "
+            "WHERE do_number = $1 AND date = $2",
+            row["do_number"],
+            row["date"],
+            status,
+            error,
+        )
+
+    async def _fail(self, row: asyncpg.Record, reason: str, errors: list[dict[str, Any]]) -> None:
+        """Permanent: DeTrack refused the job. It is not sent again until the shipment changes."""
+        await self._set(row, "failed", reason)
+        self.counts.failed += 1
+        self.counts.errors.append(f"{row['do_number']} {row['date']}: {reason}")
+        await log_error(
+            self.conn,
+            "dispatch",
+            f"DeTrack refused job {row['do_number']}: {reason}",
+            {"date": row["date"].isoformat(), "errors": errors},
+            do_number=row["do_number"],
+        )
+
+    async def _retry_later(self, rows: list[asyncpg.Record], reason: str) -> None:
+        for row in rows:
+            delay = min(MAX_RETRY_DELAY_S, 2 ** max(0, row["attempts"] - 1)) + random.uniform(0, 0.5)
+            await self.conn.execute(
+                f"""
+                UPDATE {self.wh}.detrack_jobs
+                SET status = 'retry', last_error = $3, updated_at = now(),
+                    next_attempt_at = now() + make_interval(secs => $4)
+                WHERE do_number = $1 AND date = $2
+                """,
+                row["do_number"],
+                row["date"],
+                reason,
+                delay,
+            )
+            self.counts.retry += 1
+        await log_error(self.conn, "dispatch", reason, {"jobs": [r["do_number"] for r in rows]})
+
+
+def _finished_at(job: dict[str, Any]) -> datetime:
+    for milestone in reversed(job.get("milestones") or []):
+        if milestone.get("status") in FINISHED_STATUSES and milestone.get("created_at"):
+            try:
+                return datetime.fromisoformat(str(milestone["created_at"]).replace("Z", "+00:00"))
+            except ValueError:
+                break
+    return datetime.now(UTC)
