@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     dispatch_ship_via: str = "10005"
     dispatch_rules: Path = Path("dispatch_rules.toml")
     detrack_rate_limit_per_minute: int = Field(60, ge=1)
+    detrack_timeout_seconds: float = Field(30.0, gt=0)
+    detrack_max_retries: int = Field(8, ge=0, le=20)
 
     epms_odbc_dsn: SecretStr = SecretStr("")
     epms_pull_seconds: float = Field(60.0, gt=0)

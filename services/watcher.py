@@ -37,6 +37,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 from app.db import Database, is_transient
@@ -265,6 +266,11 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> WatchResult:
         loop = asyncio.get_running_loop()
+        if not self.settings.watch_polling:
+            # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with
+            # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
+            # a file renamed in is noted as created, which is all the watcher needs.
+            InotifyMoveEventGrouper.delay = 0
         observer: BaseObserver = PollingObserver(timeout=1) if self.settings.watch_polling else Observer()
         observer.schedule(_Events(loop, self.note, self.folder), str(self.folder), recursive=False)
         observer.start()

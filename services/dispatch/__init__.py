@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.db import Database
-from app.errors import ConfigError
+from app.errors import ConfigError, TransientError
 from app.schema import quote_ident
 from app.settings import Settings
 from models.detrack import AssignmentRules
 from services.dispatch.client import DetrackClient
 from services.dispatch.plan import Assigner, plan_jobs
 from services.dispatch.send import SendCounts, Sender
+from services.ingest.ledger import log_error
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class DispatchResult:
     counts: SendCounts = field(default_factory=SendCounts)
     by_status: dict[str, int] = field(default_factory=dict)
     payloads: list[dict[str, object]] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def failed(self) -> bool:
-        return bool(self.by_status.get("failed") or self.by_status.get("retry"))
+        return bool(self.error or self.by_status.get("failed") or self.by_status.get("retry"))
 
     def summary(self) -> str:
+        stopped = [f"stopped early: {self.error}"] if self.error else []
         if self.dry_run:
             lines = [json.dumps(p, ensure_ascii=False) for p in self.payloads]
             lines.append(f"dry run: {len(self.payloads)} jobs would be sent or updated; nothing was sent")
@@ -61,7 +64,8 @@ class DispatchResult:
             ("sent (outbox)", self.by_status.get("sent", 0)),
         ]
         width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value:>6}" for name, value in rows)
+        lines = [f"{name:<{width}}  {value:>6}" for name, value in rows]
+        return "\n".join(lines + stopped)
 
 
 def load_rules(settings: Settings) -> AssignmentRules:
@@ -84,7 +88,13 @@ async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = Fals
             hint="Set DETRACK_API_KEY, or run --dispatch --dry-run to see the payloads",
         )
     rules = load_rules(settings)
-    client = DetrackClient(settings.detrack_base_url, key, settings.detrack_rate_limit_per_minute)
+    client = DetrackClient(
+        settings.detrack_base_url,
+        key,
+        settings.detrack_rate_limit_per_minute,
+        timeout_s=settings.detrack_timeout_seconds,
+        retries=settings.detrack_max_retries,
+    )
     result = DispatchResult(dry_run=dry_run)
     wh = quote_ident(settings.warehouse_schema)
     async with db.connection() as conn:
@@ -95,13 +105,21 @@ async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = Fals
                     plan = await plan_jobs(conn, settings, lambda load: Assigner(rules, lambda: [], load))
                     result.payloads = [job.masked() for job in plan.jobs]
                     raise _RollBack
-            plan = await plan_jobs(conn, settings, lambda load: Assigner(rules, client.vehicle_names, load))
-            result.new, result.changed = plan.new, plan.changed
             sender = Sender(conn, settings, client)
-            await sender.recover_sending()
-            await sender.create_all()
-            await sender.update_all()
-            await sender.sync_statuses()
+            try:
+                plan = await plan_jobs(
+                    conn, settings, lambda load: Assigner(rules, client.vehicle_names, load)
+                )
+                result.new, result.changed = plan.new, plan.changed
+                await sender.recover_sending()
+                await sender.create_all()
+                await sender.update_all()
+                await sender.sync_statuses()
+            except TransientError as exc:
+                # DeTrack is away: what was not sent stays in the outbox for the next run.
+                result.error = str(exc)
+                log.error("dispatch stopped early: %s", exc)
+                await log_error(conn, "dispatch", str(exc), {"error": type(exc).__name__})
             result.counts = sender.counts
             result.by_status = {
                 r["status"]: r["n"]

@@ -27,7 +27,6 @@ from app.errors import ConfigError, TransientError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0
 BULK_LIMIT = 100
 
 
@@ -74,8 +73,11 @@ class RateLimiter:
 
 
 class DetrackClient:
-    def __init__(self, base_url: str, api_key: SecretStr, per_minute: int, retries: int = 8) -> None:
+    def __init__(
+        self, base_url: str, api_key: SecretStr, per_minute: int, timeout_s: float = 30.0, retries: int = 8
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)
         self.limiter = RateLimiter(per_minute)
         self.session = requests.Session()
         self.session.headers.update({"X-API-KEY": api_key.get_secret_value(), "Accept": "application/json"})
@@ -96,9 +98,7 @@ class DetrackClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         self.limiter.wait()
         try:
-            response = self.session.request(
-                method, self.base_url + path, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs
-            )
+            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             # The message names the URL and the cause, never the key (it is a header).
             raise DetrackUnavailable(

@@ -85,7 +85,8 @@ async def finish_load(
     await conn.execute(
         """
         UPDATE ingest.files
-        SET status = $2, rows_loaded = $3, rows_rejected = $4, warnings = $5::jsonb, loaded_at = now()
+        SET status = $2, rows_loaded = $3, rows_rejected = $4, warnings = $5::jsonb,
+            loaded_at = clock_timestamp()
         WHERE id = $1
         """,
         file_id,

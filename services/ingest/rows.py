@@ -143,6 +143,7 @@ class Chunk:
     raws: list[object] = field(default_factory=list)  # the source record, kept for rejects
     rejects: list[Reject] = field(default_factory=list)  # records Python already refused
     records: int = 0  # records read into this chunk, refused ones included
+    _line_ends: list[int] | None = field(default=None, repr=False)
 
     def add(self, row: list[Value], record_no: int, line_no: int | None, raw: object) -> None:
         self.rows.append(row)
@@ -180,11 +181,13 @@ class Chunk:
     def row_at_line(self, line: int, start: int) -> int:
         """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`.
 
-        COPY counts physical lines, and a value may hold newlines; worked out only when needed.
+        COPY counts physical lines, and a value may hold newlines; worked out once, when needed.
         """
-        ends = list(
-            accumulate(1 + sum(v.count("\n") for v in row if isinstance(v, str)) for row in self.rows)
-        )
+        if self._line_ends is None or len(self._line_ends) != len(self.rows):
+            self._line_ends = list(
+                accumulate(1 + sum(v.count("\n") for v in row if isinstance(v, str)) for row in self.rows)
+            )
+        ends = self._line_ends
         offset = ends[start - 1] if start else 0
         return bisect.bisect_left(ends, line + offset, lo=start)
 
