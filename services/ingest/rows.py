@@ -137,15 +137,16 @@ class Chunk:
     """Rows ready for one COPY, with what is needed to name the record of a refused one."""
 
     keep_empty_strings: bool = False
-    rows: list[list[Value]] = field(default_factory=list)
+    # Values to write as CSV, or a line already in COPY's CSV form (the byte-level lane).
+    rows: list[list[Value] | bytes] = field(default_factory=list)
     record_nos: list[int] = field(default_factory=list)
     line_nos: list[int | None] = field(default_factory=list)
-    raws: list[object] = field(default_factory=list)  # the source record, kept for rejects
+    raws: list[object] = field(default_factory=list)  # the source records (JSON), for rejects
     rejects: list[Reject] = field(default_factory=list)  # records Python already refused
     records: int = 0  # records read into this chunk, refused ones included
     _line_ends: list[int] | None = field(default=None, repr=False)
 
-    def add(self, row: list[Value], record_no: int, line_no: int | None, raw: object) -> None:
+    def add(self, row: list[Value] | bytes, record_no: int, line_no: int | None, raw: object) -> None:
         self.rows.append(row)
         self.record_nos.append(record_no)
         self.line_nos.append(line_no)
@@ -164,7 +165,21 @@ class Chunk:
         return len(self.rows) >= CHUNK_ROWS
 
     def payload(self, start: int = 0, stop: int | None = None) -> bytes:
-        rows = self.rows[start:stop]
+        parts: list[bytes] = []
+        pending: list[list[Value]] = []
+        for row in self.rows[start:stop]:
+            if isinstance(row, bytes):
+                parts.append(self._serialise(pending))
+                pending = []
+                parts.append(row)
+            else:
+                pending.append(row)
+        parts.append(self._serialise(pending))
+        return b"".join(parts)
+
+    def _serialise(self, rows: list[list[Value]]) -> bytes:
+        if not rows:
+            return b""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if not self.keep_empty_strings:
@@ -178,6 +193,13 @@ class Chunk:
                     writer.writerow(row)
         return out.getvalue().encode("utf-8")
 
+    def values(self, index: int) -> list[Value]:
+        """The row's values as sent (an empty field of a pass-through line is NULL)."""
+        row = self.rows[index]
+        if not isinstance(row, bytes):
+            return row
+        return [value or None for value in next(csv.reader([row.decode()]))]
+
     def row_at_line(self, line: int, start: int) -> int:
         """Index of the row that COPY line `line` belongs to, for a COPY that began at `start`.
 
@@ -185,7 +207,10 @@ class Chunk:
         """
         if self._line_ends is None or len(self._line_ends) != len(self.rows):
             self._line_ends = list(
-                accumulate(1 + sum(v.count("\n") for v in row if isinstance(v, str)) for row in self.rows)
+                accumulate(
+                    1 if isinstance(row, bytes) else 1 + sum(v.count("\n") for v in row if isinstance(v, str))
+                    for row in self.rows
+                )
             )
         ends = self._line_ends
         offset = ends[start - 1] if start else 0
@@ -203,12 +228,14 @@ def _csv_field(value: Value) -> str:
 class RobustCopy:
     """COPY of built rows that attributes every row PostgreSQL refuses to its record."""
 
-    def __init__(self, conn: asyncpg.Connection, plan: RowPlan) -> None:
+    def __init__(self, conn: asyncpg.Connection, plan: RowPlan, *, empty_is_null: bool = False) -> None:
         self.conn = conn
         self.plan = plan
         target = plan.target
         skip_bad = conn.get_server_version().major >= 17
         options = "FORMAT csv" + (", ON_ERROR ignore, LOG_VERBOSITY verbose" if skip_bad else "")
+        if empty_is_null:  # CSV: an empty field is NULL, quoted or not (lines may pass as they are)
+            options += ", FORCE_NULL (" + ", ".join(f'"{c.column}"' for c in plan.specs) + ")"
         quoted = ", ".join(f'"{c}"' for c in plan.columns)
         self.statement = (
             f'COPY "{target.schema}"."{target.dataset.table}" ({quoted}) FROM STDIN WITH ({options}) '
@@ -276,7 +303,7 @@ class RobustCopy:
     def _reject(self, chunk: Chunk, index: int, column: str | None, reason: str) -> Reject:
         value = None
         if column in self.plan.columns:
-            cell = chunk.rows[index][self.plan.columns.index(column)]
+            cell = chunk.values(index)[self.plan.columns.index(column)]
             value = None if cell is None else str(cell)
         return Reject(
             chunk.record_nos[index],
@@ -285,7 +312,7 @@ class RobustCopy:
             value,
             reason,
             self.plan.target.dataset.name,
-            raw_text(chunk.raws[index]),
+            raw_text(chunk.raws[index]) if index < len(chunk.raws) else None,
         )
 
     def _on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
