@@ -24,6 +24,7 @@ import asyncpg
 from app.db import unless_connection_lost
 from app.errors import MalformedFile, MissingColumns
 from models.datasets import ColumnSpec, DatasetSpec, normalise_header
+from services.ingest import ledger
 from services.ingest.rows import (
     CHUNK_ROWS,
     Chunk,
@@ -413,7 +414,7 @@ async def load_chunks(
             loaded, refused = await copier.copy(chunk)
             stats.rows_loaded += loaded
             stats.records += chunk.records
-            stats.rejects.extend(chunk.rejects)
-            stats.rejects.extend(refused)
+            rejects = sorted([*chunk.rejects, *refused], key=lambda r: r.record_no or 0)
+            await ledger.write_rejects(conn, copier.plan.target.file_id, rejects)
+            stats.note_rejects(rejects)
             stop_early_if_hopeless(stats, stream.raw.bytes_read, size, copier.plan.target)
-    stats.rejects.sort(key=lambda r: r.record_no or 0)

@@ -23,6 +23,7 @@ import ijson
 
 from app.errors import MalformedFile
 from models.datasets import ChildSpec, DatasetRegistry, normalise_header
+from services.ingest import ledger
 from services.ingest.files import FileFormat
 from services.ingest.rows import (
     Chunk,
@@ -346,7 +347,8 @@ async def copy_json(
             loaded, refused = await copier.copy(batch.parent)
             stats.rows_loaded += loaded
             stats.records += batch.parent.records
-            stats.rejects += batch.parent.rejects + refused
+            await ledger.write_rejects(conn, target.file_id, batch.parent.rejects + refused)
+            stats.note_rejects(batch.parent.rejects + refused)
             dropped = {r.record_no for r in refused}
             for name, chunk in batch.children.items():
                 if dropped:
@@ -354,9 +356,9 @@ async def copy_json(
                 child_loaded, child_refused = await child_copiers[name].copy(chunk)
                 stats.rows_loaded += child_loaded
                 stats.records += chunk.records
-                stats.rejects += chunk.rejects + child_refused
+                await ledger.write_rejects(conn, target.file_id, chunk.rejects + child_refused)
+                stats.note_rejects(chunk.rejects + child_refused)
             stop_early_if_hopeless(stats, stream.raw.bytes_read, stream.raw.size, target)
-    stats.rejects.sort(key=lambda r: r.record_no or 0)
     _warn_unknown(stats, rows)
     check_ratio(stats, target)
     return stats

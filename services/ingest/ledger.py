@@ -71,17 +71,10 @@ async def finish_load(
     file_id: int,
     *,
     rows_loaded: int,
-    rejects: list[Reject],
+    rows_rejected: int,
     warnings: list[dict[str, object]],
 ) -> str:
-    status = "loaded_with_rejects" if rejects else "loaded"
-    if rejects:
-        await conn.copy_records_to_table(
-            "rejected_rows",
-            schema_name="ingest",
-            columns=["file_id", "dataset", "record_no", "line_no", "column_name", "value", "reason", "raw"],
-            records=_reject_records(file_id, rejects),
-        )
+    status = "loaded_with_rejects" if rows_rejected else "loaded"
     await conn.execute(
         """
         UPDATE ingest.files
@@ -92,10 +85,21 @@ async def finish_load(
         file_id,
         status,
         rows_loaded,
-        len(rejects),
+        rows_rejected,
         json.dumps(warnings),
     )
     return status
+
+
+async def write_rejects(conn: asyncpg.Connection, file_id: int, rejects: list[Reject]) -> None:
+    """Record rejected rows as they are found (in the load's transaction): memory stays flat."""
+    if rejects:
+        await conn.copy_records_to_table(
+            "rejected_rows",
+            schema_name="ingest",
+            columns=["file_id", "dataset", "record_no", "line_no", "column_name", "value", "reason", "raw"],
+            records=_reject_records(file_id, rejects),
+        )
 
 
 def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[object, ...]]:

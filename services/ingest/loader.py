@@ -214,7 +214,11 @@ class Loader:
             )
             stats = await load_file(conn, file, fmt, target, self.registry)
             status = await ledger.finish_load(
-                conn, file_id, rows_loaded=stats.rows_loaded, rejects=stats.rejects, warnings=stats.warnings
+                conn,
+                file_id,
+                rows_loaded=stats.rows_loaded,
+                rows_rejected=stats.rows_rejected,
+                warnings=stats.warnings,
             )
         moved = move_to_processed(file.path, file_id)
         await ledger.set_moved(conn, file_id, str(moved))

@@ -56,13 +56,16 @@ class Reject:
 class LoadStats:
     rows_loaded: int = 0
     records: int = 0
-    rejects: list[Reject] = field(default_factory=list)
+    rows_rejected: int = 0
+    examples: list[Reject] = field(default_factory=list)  # the first few, for messages
     warnings: list[dict[str, object]] = field(default_factory=list)
     path: str = "fast"
 
-    @property
-    def rows_rejected(self) -> int:
-        return len(self.rejects)
+    def note_rejects(self, rejects: list[Reject]) -> None:
+        """Count rejects already written to ingest.rejected_rows; keep the first three to show."""
+        self.rows_rejected += len(rejects)
+        if len(self.examples) < 3:
+            self.examples = sorted([*self.examples, *rejects], key=_order)[:3]
 
 
 @dataclass(frozen=True)
@@ -388,7 +391,7 @@ def check_ratio(stats: LoadStats, target: Target, partial: bool = False) -> None
         )
     ratio = stats.rows_rejected / records
     if ratio > target.max_reject_ratio or partial:
-        examples = "; ".join(r.summary() for r in sorted(stats.rejects, key=_order)[:3])
+        examples = "; ".join(r.summary() for r in stats.examples)
         scope = "of the first " if partial else "of "
         raise TooManyRejects(
             f"{stats.rows_rejected} {scope}{records} rows are bad ({ratio:.1%}, above the "
