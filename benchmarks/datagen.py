@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 HEADER = "meter_id,reading_at,register_kwh,power_w\n"
 METERS = 200
 STEP = timedelta(minutes=10)
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 # One bad row every BAD_EVERY rows (1 %), cycling through these kinds so that each is spread
 # over the whole file. Each maps a good (meter, time, register, power) row to a bad line.
@@ -79,7 +79,9 @@ def bad_row_count(rows: int) -> int:
     return sum(1 for r in range(1, rows + 1) if r % BAD_EVERY == BAD_EVERY // 2)
 
 
-def write_meter_csv(path: Path, rows: int, *, bad: bool = False, first_step: int = 0, seed: int = 7) -> Generated:
+def write_meter_csv(
+    path: Path, rows: int, *, bad: bool = False, first_step: int = 0, seed: int = 7
+) -> Generated:
     """Write `rows` data rows (plus the header) to `path` by open/write/close."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as out:

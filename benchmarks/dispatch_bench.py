@@ -61,7 +61,7 @@ def main() -> None:
         with DetrackStandin(KEY, vehicles=VEHICLES, rate_limit_per_minute=60, send_retry_after=True) as api:
             api.latency(args.latency)
             settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
                 database_url=dsn,
                 imports_dir=base / "imports",
                 exports_dir=base / "exports",

