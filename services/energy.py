@@ -76,7 +76,7 @@ _TEMP_TABLES = (
     "e_input",
     "e_anomalies",
     "e_ranked",
-    "e_flagged",
+    "e_outliers",
     "e_steps",
     "e_points",
     "e_intervals",

@@ -3,7 +3,9 @@
 -- running totals that let step 3 value any half-hour without a join.
 -- Out: e_steps, one row per kept reading (the first of each meter has t0 NULL).
 
-CREATE TEMP TABLE e_flagged ON COMMIT DROP AS
+-- Only the outliers are kept here (a handful): the steps below read the ranked readings again
+-- rather than a million-row copy.
+CREATE TEMP TABLE e_outliers ON COMMIT DROP AS
 WITH neighbours AS (
     SELECT s.*, m.noise, m.max_kw,
            lag(s.v) OVER w AS v_prev, lag(s.ts) OVER w AS t_prev,
@@ -12,15 +14,15 @@ WITH neighbours AS (
     WHERE s.valid AND s.rank = 1
     WINDOW w AS (PARTITION BY s.meter_id ORDER BY s.ts)
 )
-SELECT n.*,
-       (n.source = 'register' AND p.outlier_filter AND n.v_prev IS NOT NULL AND n.v_next IS NOT NULL
-        AND n.v_next - n.v_prev >= -n.noise
-        AND n.v_next - n.v_prev <= n.max_kw * extract(epoch FROM n.t_next - n.t_prev) / 3600 + n.noise
-        AND (n.v < n.v_prev - n.noise OR n.v > n.v_next + n.noise)) AS outlier
-FROM neighbours n CROSS JOIN e_params p;
+SELECT n.meter_id, n.ts, n.field, n.v, n.file_id, n.record_no
+FROM neighbours n CROSS JOIN e_params p
+WHERE n.source = 'register' AND p.outlier_filter AND n.v_prev IS NOT NULL AND n.v_next IS NOT NULL
+  AND n.v_next - n.v_prev >= -n.noise
+  AND n.v_next - n.v_prev <= n.max_kw * extract(epoch FROM n.t_next - n.t_prev) / 3600 + n.noise
+  AND (n.v < n.v_prev - n.noise OR n.v > n.v_next + n.noise);
 
 INSERT INTO e_anomalies
-SELECT meter_id, ts, field, v::text, file_id, record_no, 'OUTLIER' FROM e_flagged WHERE outlier;
+SELECT meter_id, ts, field, v::text, file_id, record_no, 'OUTLIER' FROM e_outliers;
 
 CREATE TEMP TABLE e_steps ON COMMIT DROP AS
 WITH pairs AS (
@@ -46,8 +48,9 @@ WITH pairs AS (
                      THEN 'RESET'
                 ELSE 'BREAK'
            END AS cls
-    FROM e_flagged f JOIN e_meters m USING (meter_id)
-    WHERE NOT f.outlier
+    FROM e_ranked f JOIN e_meters m USING (meter_id)
+    WHERE f.valid AND f.rank = 1
+      AND NOT EXISTS (SELECT 1 FROM e_outliers o WHERE o.meter_id = f.meter_id AND o.ts = f.ts)
     WINDOW w AS (PARTITION BY f.meter_id ORDER BY f.ts)
 ), limits AS (
     SELECT pairs.*,
