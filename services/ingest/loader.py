@@ -164,16 +164,7 @@ class Loader:
             await ledger.set_moved(conn, existing["id"], str(moved))
             log.info("%s (#%d) was already loaded; moved it to %s", file.name, existing["id"], moved)
             return FileOutcome(file.name, existing["status"], existing["id"], dataset.name, moved_to=moved)
-        file_id = await ledger.insert_file(
-            conn,
-            name=file.name,
-            dataset=dataset.name,
-            sha256=file.sha256,
-            size_bytes=file.identity.size,
-            status="duplicate",
-            received_at=file.received_at,
-            duplicate_of=existing["id"],
-        )
+        file_id = await _record(conn, file, dataset, "duplicate", duplicate_of=existing["id"])
         moved = move_to_processed(file.path, file_id)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
@@ -190,15 +181,7 @@ class Loader:
     ) -> FileOutcome:
         started = time.monotonic()
         async with conn.transaction():
-            file_id = await ledger.insert_file(
-                conn,
-                name=file.name,
-                dataset=dataset.name,
-                sha256=file.sha256,
-                size_bytes=file.identity.size,
-                status="loading",
-                received_at=file.received_at,
-            )
+            file_id = await _record(conn, file, dataset, "loading")
             log.info("loading %s (#%d) as %s", file.name, file_id, dataset.name)
             target = Target(
                 schema=self.settings.staging_schema,
@@ -247,16 +230,7 @@ class Loader:
             # Recorded as failed before, but the move did not happen: finish it, record nothing new.
             return await self._move_failed(conn, file, dataset, exc, retry)
         async with conn.transaction():
-            file_id = await ledger.insert_file(
-                conn,
-                name=file.name,
-                dataset=dataset.name if dataset else None,
-                sha256=file.sha256,
-                size_bytes=file.identity.size,
-                status="failed",
-                received_at=file.received_at,
-                error=message,
-            )
+            file_id = await _record(conn, file, dataset, "failed", error=message)
             await ledger.log_error(
                 conn,
                 "ingest",
@@ -295,6 +269,29 @@ class Loader:
         return FileOutcome(
             file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved
         )
+
+
+async def _record(
+    conn: asyncpg.Connection,
+    file: _File,
+    dataset: DatasetSpec | None,
+    status: str,
+    *,
+    error: str | None = None,
+    duplicate_of: int | None = None,
+) -> int:
+    """The file's row in the ledger; its id is the file's id everywhere else."""
+    return await ledger.insert_file(
+        conn,
+        name=file.name,
+        dataset=dataset.name if dataset else None,
+        sha256=file.sha256,
+        size_bytes=file.identity.size,
+        status=status,
+        received_at=file.received_at,
+        error=error,
+        duplicate_of=duplicate_of,
+    )
 
 
 async def load_file(
