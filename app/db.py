@@ -150,16 +150,6 @@ class Database:
             except Exception:  # a broken connection is dropped by the pool
                 log.debug("released a broken connection", exc_info=True)
 
-    async def ping(self) -> bool:
-        try:
-            async with self.connection() as conn:
-                await conn.fetchval("SELECT 1", timeout=5)
-            return True
-        except Exception as exc:
-            if is_transient(exc):
-                return False
-            raise
-
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
