@@ -23,6 +23,7 @@ from app.logging import setup_logging
 from app.migrate import migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from services.analysis import run_analysis
 from services.dispatch import run_dispatch
 from services.ingest import run_ingest
 from services.pipeline import PipelineRunner, record_failure, run_pipeline
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="with --dispatch: print the job payloads (personal data masked) and send nothing",
+    )
+    parser.add_argument(
+        "--analysis",
+        action="store_true",
+        help="(re)create the analysis views and write exports: one CSV per view, PNG charts and "
+        "report.html in EXPORTS_DIR",
     )
     parser.add_argument(
         "--status",
@@ -142,7 +149,9 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             raise ConfigError(
                 "--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run"
             )
-        watch = args.watch is not None or not (ingest_paths or args.status or args.pipeline or args.dispatch)
+        watch = args.watch is not None or not (
+            ingest_paths or args.status or args.pipeline or args.dispatch or args.analysis
+        )
         code = EXIT_OK
         if ingest_paths:
             result = await run_ingest(settings, db, registry, ingest_paths)
@@ -155,6 +164,8 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             dispatched = await run_dispatch(settings, db, dry_run=dry_run)
             print(dispatched.summary())
             code = max(code, EXIT_SOME_FAILED if dispatched.failed else EXIT_OK)
+        if args.analysis or args.demo:
+            print((await run_analysis(settings, db)).summary())
         if args.status or args.demo:
             print((await run_status(db)).render())
         if watch:
@@ -168,7 +179,8 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             code = max(code, EXIT_SOME_FAILED if watched.failed else EXIT_OK)
         if args.demo:
             print(
-                f"\nThe demo drops were loaded from {settings.imports_dir}; see processed/ and failed/ there."
+                f"\nDemo done. The drops are in {settings.imports_dir}/processed (and failed/). Open "
+                f"{settings.exports_dir / 'report.html'}; the CSVs and charts are beside it."
             )
         return code
     finally:

