@@ -44,6 +44,7 @@ from app.db import Database, is_transient
 from app.errors import TransientError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from services.health import Health
 from services.ingest.files import is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 8.0  # docker stop waits 10 s before SIGKILL
 BUSY_RETRY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
+PROBE_EVERY_S = 5.0  # how often /healthz's view of the database is refreshed
+PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -115,11 +118,13 @@ class Watcher:
         loader: Loader,
         folder: Path,
         on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.loader = loader
         self.folder = folder.resolve()
         self.on_outcome = on_outcome
+        self.health = health
         self.candidates: dict[Path, Candidate] = {}
         self.in_flight: set[Path] = set()
         self.queue: asyncio.Queue[tuple[Path, datetime]] = asyncio.Queue()
@@ -229,6 +234,7 @@ class Watcher:
                 self.queue.task_done()
 
     async def _process(self, path: Path, seen_at: datetime) -> None:
+        started = time.monotonic()
         try:
             outcome = await self.loader.ingest(path, received_at=seen_at)
         except Exception as exc:
@@ -249,6 +255,10 @@ class Watcher:
             self._retry_later(path, BUSY_RETRY_SECONDS)
             return
         self._count(outcome)
+        if self.health is not None and outcome.status != "skipped":
+            self.health.observe(
+                outcome.status, outcome.rows_loaded, outcome.rows_rejected, time.monotonic() - started
+            )
         if self.on_outcome is not None:
             await self.on_outcome(outcome)
 
@@ -280,6 +290,8 @@ class Watcher:
         self.rescan()
         tick = min(0.25, max(0.05, self.settings.watch_settle_seconds / 4))
         next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
+        probe: asyncio.Task[None] | None = None
+        next_probe = 0.0
         try:
             while not stop.is_set():
                 try:
@@ -287,10 +299,19 @@ class Watcher:
                 except TimeoutError:
                     pass
                 self._settle()
+                if self.health is not None:
+                    self.health.beat()
+                    self.health.queue_depth.set(len(self.candidates) + len(self.in_flight))
+                    if time.monotonic() >= next_probe and (probe is None or probe.done()):
+                        next_probe = time.monotonic() + PROBE_EVERY_S
+                        probe = asyncio.create_task(self._probe_database())
                 if time.monotonic() >= next_rescan:
                     next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
                     self.rescan()
         finally:
+            if probe is not None:
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
             observer.stop()
             await self._drain(workers)
             observer.join(timeout=5)
@@ -301,6 +322,15 @@ class Watcher:
             self.result.failed,
         )
         return self.result
+
+    async def _probe_database(self) -> None:
+        assert self.health is not None
+        try:
+            async with self.loader.db.connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
+            self.health.database(True)
+        except Exception:  # any failure means: not answering now
+            self.health.database(False)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Let the files in hand finish for a grace period, then roll back what is left."""
@@ -331,5 +361,12 @@ async def run_watcher(
     on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
 ) -> WatchResult:
     folder.mkdir(parents=True, exist_ok=True)
-    watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome)
-    return await watcher.run(stop)
+    health = Health() if settings.health_port else None
+    server = health.serve(settings.health_port) if health is not None else None
+    try:
+        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health)
+        return await watcher.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()

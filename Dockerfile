@@ -1,0 +1,33 @@
+# loadbay: the watcher, with every stage available through `python main.py --<stage>`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIPENV_VENV_IN_PROJECT=1 \
+    PATH="/app/.venv/bin:${PATH}"
+
+WORKDIR /app
+
+# Dependencies first, from the lock, so code changes do not reinstall them.
+COPY Pipfile Pipfile.lock ./
+RUN pip install pipenv \
+    && pipenv sync \
+    && pip uninstall -y pipenv \
+    && rm -rf /root/.cache
+
+COPY . .
+
+# A non-root user owns the runtime folders; uid 10001 is also the SFTP user's in compose, so
+# uploaded files can be moved to processed/ and failed/.
+RUN useradd --create-home --uid 10001 --user-group loadbay \
+    && mkdir -p imports exports logs \
+    && chown -R loadbay:loadbay imports exports logs
+USER loadbay
+
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"]
+
+CMD ["python", "main.py", "--watch"]

@@ -1,0 +1,97 @@
+"""Watch mode's `/healthz` and `/metrics` on HEALTH_PORT (Prometheus text format).
+
+`/healthz` answers 200 while the database answers and the watcher's loop is turning, 503
+otherwise, with the reason as JSON. The HTTP server runs in a thread; the watcher updates the
+state it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 30.0  # a watcher loop silent this long is stuck
+
+
+class Health:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.files = Counter("loadbay_files", "Files handled, by outcome", ["status"], registry=self.registry)
+        self.rows_loaded = Counter("loadbay_rows_loaded", "Staging rows loaded", registry=self.registry)
+        self.rows_rejected = Counter("loadbay_rows_rejected", "Rows rejected", registry=self.registry)
+        self.queue_depth = Gauge(
+            "loadbay_queue_depth", "Files waiting or being loaded", registry=self.registry
+        )
+        self.duration = Histogram(
+            "loadbay_ingest_duration_seconds",
+            "Time to load one file",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "loadbay_last_success_timestamp_seconds", "When a file was last loaded", registry=self.registry
+        )
+        self.database_up = Gauge("loadbay_database_up", "1 when PostgreSQL answers", registry=self.registry)
+        self._beat = time.monotonic()
+        self._database_ok = False
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def database(self, ok: bool) -> None:
+        self._database_ok = ok
+        self.database_up.set(1 if ok else 0)
+
+    def observe(self, status: str, rows_loaded: int, rows_rejected: int, seconds: float) -> None:
+        self.files.labels(status=status).inc()
+        self.rows_loaded.inc(rows_loaded)
+        self.rows_rejected.inc(rows_rejected)
+        self.duration.observe(seconds)
+        if status in ("loaded", "loaded_with_rejects"):
+            self.last_success.set_to_current_time()
+
+    def status(self) -> tuple[int, dict[str, object]]:
+        problems = []
+        if not self._database_ok:
+            problems.append("database not reachable")
+        if time.monotonic() - self._beat > STALE_AFTER_S:
+            problems.append("watcher loop stalled")
+        return (503 if problems else 200), {"status": "unhealthy" if problems else "ok", "problems": problems}
+
+    def serve(self, port: int) -> ThreadingHTTPServer:
+        """Start serving on all interfaces (the container's port is published); returns the server."""
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    code, body = health.status()
+                    self._send(code, "application/json", json.dumps(body).encode())
+                elif self.path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(health.registry))
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # probes every few seconds would drown the log
+
+        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+        log.info("serving /healthz and /metrics on port %d", server.server_address[1])
+        return server
