@@ -39,7 +39,8 @@ DEMO_DROPS = Path(__file__).parent / "examples" / "drops"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description="Load CSV drops into PostgreSQL staging tables, exactly once.",
+        description="Load CSV, JSON and NDJSON drops into PostgreSQL exactly once; build the warehouse, "
+        "dispatch deliveries to DeTrack and publish analysis exports.",
         epilog="With no flag, watch IMPORTS_DIR. Settings come from the environment and .env "
         "(see .env.example). Exit codes: 0 all done, 1 some work failed, 2 bad usage or "
         "configuration.",
@@ -90,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="copy the sample drops from examples/drops/ into a fresh imports folder, load "
-        "them and print the status",
+        help="copy the sample drops from examples/drops/ into the imports folder and run every stage "
+        "on them (dispatch as a dry run unless DETRACK_API_KEY is set), then say where to look",
     )
     return parser
 

@@ -362,7 +362,12 @@ async def run_watcher(
 ) -> WatchResult:
     folder.mkdir(parents=True, exist_ok=True)
     health = Health() if settings.health_port else None
-    server = health.serve(settings.health_port) if health is not None else None
+    server = None
+    if health is not None:
+        try:
+            server = health.serve(settings.health_port)
+        except OSError as exc:  # e.g. a second watcher on this host: it still loads files
+            log.warning("/healthz and /metrics not served: port %d: %s", settings.health_port, exc.strerror)
     try:
         watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health)
         return await watcher.run(stop)
