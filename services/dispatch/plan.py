@@ -142,13 +142,16 @@ async def plan_jobs(
             do_number = row["job_number"] if n == 1 else f"{row['job_number']}({n})"
             action, assign_to = "create", None
         else:
+            if row["status"] == "sending":
+                continue  # settled first (recover_sending); a change is seen on the next run
             do_number, job_date, assign_to = row["do_number"], row["job_date"], row["assign_to"]
             action = row["action"]
         try:
             job = build_job(row, do_number, job_date, assign_to)
         except ValidationError:
             plan.unsendable += 1
-            await _unsendable(conn, settings, row, do_number, job_date)
+            if not (row["status"] == "failed" and row["payload_hash"] == ""):  # not recorded yet
+                await _unsendable(conn, settings, row, do_number, job_date)
             continue
         digest = payload_hash(job)
         if row["do_number"] is not None:

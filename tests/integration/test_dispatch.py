@@ -409,3 +409,28 @@ def test_dispatch_dry_run_masks_personal_data_and_sends_nothing(
     assert "dry run: 1 jobs would be sent or updated; nothing was sent" in result.stdout
     assert api.requests == []
     assert fetchval(dsn, "SELECT count(*) FROM warehouse.detrack_jobs") == 0
+
+
+def test_a_shipment_without_any_address_is_failed_once_and_never_sent(
+    dispatch_settings: Settings, dsn: str, api: DetrackStandin
+) -> None:
+    no_address = (
+        "J0009,S00009,Customer 9,,,,,,Goods In,+44 0000 000000,orders@example.com,10005,1,2024-06-03\n"
+    )
+    load_warehouse(dispatch_settings, shipment(1) + no_address)
+
+    first = dispatch(dispatch_settings)
+    second = dispatch(dispatch_settings)
+
+    assert (first.failed, second.failed) == (True, True)
+    rows = {r["do_number"]: (r["status"], r["last_error"]) for r in outbox(dsn)}
+    assert rows == {
+        "J0001": ("sent", None),
+        "J0009": (
+            "failed",
+            "the shipment has no address (address lines, city, state, zip and country are all empty)",
+        ),
+    }
+    assert ("J0009", "2024-06-03") not in api.jobs
+    logged = fetch(dsn, "SELECT do_number FROM ingest.error_log WHERE component = 'dispatch'")
+    assert [r["do_number"] for r in logged] == ["J0009"]
