@@ -107,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration error: {name}: {error['msg']}", file=sys.stderr)
         print("Fix the variable in the environment or .env (see .env.example).", file=sys.stderr)
         return EXIT_USAGE
-    settings.ensure_folders()
-    setup_logging(settings)
+    try:
+        settings.ensure_folders()
+        setup_logging(settings)
+    except OSError as exc:
+        print(
+            f"cannot use {exc.filename}: {exc.strerror}. The folders IMPORTS_DIR, EXPORTS_DIR and LOGS_DIR "
+            "must be writable by this user (in containers: chown 10001:10001 imports exports logs)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         registry = load_registry(settings)
         return asyncio.run(_run(args, settings, registry))

@@ -134,10 +134,10 @@ class Database:
         return self._pool
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self, timeout: float = 30) -> AsyncIterator[asyncpg.Connection]:
         pool = await self._get_pool()
         try:
-            conn = await pool.acquire(timeout=30)
+            conn = await pool.acquire(timeout=timeout)
         except Exception as exc:
             if is_transient(exc):
                 raise DatabaseUnavailable(f"PostgreSQL is not reachable ({type(exc).__name__})") from exc

@@ -326,7 +326,7 @@ class Watcher:
     async def _probe_database(self) -> None:
         assert self.health is not None
         try:
-            async with self.loader.db.connection() as conn:
+            async with self.loader.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
                 await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
             self.health.database(True)
         except Exception:  # any failure means: not answering now

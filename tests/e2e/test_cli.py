@@ -250,3 +250,16 @@ def test_a_column_that_is_not_a_table_in_datasets_file_exits_2(dsn: str, workdir
     out = proc.stdout + proc.stderr
     assert (proc.returncode, "Traceback" in out) == (2, False), out
     assert f"configuration error: {toml} declares an invalid dataset: " in out
+
+
+def test_an_unusable_folder_is_named_and_exits_2(dsn: str, workdir: Path) -> None:
+    blocker = workdir / "not-a-folder"
+    blocker.write_text("a file where LOGS_DIR should be")
+
+    result = run_cli(dsn, workdir, "--status", LOGS_DIR=str(blocker))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"cannot use {blocker}: File exists. The folders IMPORTS_DIR, EXPORTS_DIR"
+    )
+    assert "Traceback" not in result.stderr
