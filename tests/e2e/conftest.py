@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import BIG_ROWS, BIG_SIZE, Watchers, meter_csv
+from tests.e2e.helpers import BIG_ROWS, BIG_SIZE, StoppablePostgres, Watchers, meter_csv
 
 
 @pytest.fixture
@@ -40,3 +42,24 @@ def drop_big(big_meter_file: Path, workdir: Path) -> Iterator[Callable[[], Path]
     yield drop
     for copy in imports.glob(f"**/{big_meter_file.name}*"):
         copy.unlink()
+
+
+@pytest.fixture(scope="module")
+def stoppable_pg() -> Iterator[StoppablePostgres]:
+    """A PostgreSQL of the test's own, which the test may stop and start."""
+    # Not under pytest's tmp root: pytest keeps that 0700, and the server runs as another user.
+    base = Path(tempfile.mkdtemp(prefix="loadbay-test-stoppable-pg-"))
+    server = StoppablePostgres(base / "data")
+    yield server
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def outage_dsn(stoppable_pg: StoppablePostgres) -> Iterator[str]:
+    """A fresh database on the stoppable server (migrated by the watcher when it starts); the
+    server is running again when the test ends, whatever happened."""
+    dsn = stoppable_pg.create_database(f"outage_{time.time_ns()}")
+    yield dsn
+    if not stoppable_pg.running():
+        stoppable_pg.start()

