@@ -1,5 +1,6 @@
 # loadbay: the watcher, with every stage available through `python main.py --<stage>`.
-FROM python:3.11-slim
+# Bookworm (Debian 12) named outright: Microsoft's ODBC driver repository is per Debian release.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,6 +10,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH="/app/.venv/bin:${PATH}"
 
 WORKDIR /app
+
+# `--pull` reads the ERP over ODBC: unixODBC (pyodbc's driver manager) and Microsoft's
+# "ODBC Driver 18 for SQL Server", from Microsoft's Debian repository (its EULA accepted here).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && . /etc/os-release \
+    && curl -fsSL -o /tmp/packages-microsoft-prod.deb \
+        "https://packages.microsoft.com/config/debian/${VERSION_ID}/packages-microsoft-prod.deb" \
+    && dpkg -i /tmp/packages-microsoft-prod.deb \
+    && rm /tmp/packages-microsoft-prod.deb \
+    && apt-get update \
+    && ACCEPT_EULA=Y apt-get install -y --no-install-recommends unixodbc msodbcsql18 \
+    && apt-get purge -y --auto-remove curl \
+    && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, from the lock, so code changes do not reinstall them.
 COPY Pipfile Pipfile.lock ./

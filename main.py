@@ -27,6 +27,7 @@ from services.analysis import run_analysis
 from services.dispatch import run_dispatch
 from services.ingest import run_ingest
 from services.pipeline import PipelineRunner, record_failure, run_pipeline
+from services.pull import Puller, run_pull
 from services.status import run_status
 from services.watcher import run_watcher
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="watch IMPORTS_DIR (or DIR) and load every completed drop until stopped "
         "(the default when no flag is given; SIGINT/SIGTERM stop cleanly)",
+    )
+    parser.add_argument(
+        "--pull",
+        action="store_true",
+        help="read new and changed shipments and packages from the ERP over ODBC (EPMS_ODBC_DSN) "
+        "and load them like a drop; in watch mode this happens on its own when EPMS_ODBC_DSN is set",
     )
     parser.add_argument(
         "--ingest",
@@ -149,7 +156,8 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
     asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_cancel_requests)
     dsn = await asyncio.to_thread(resolve_dsn, settings)
     await asyncio.to_thread(migrate, dsn, settings, registry)
-    db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 2)
+    # Ingest workers, pipeline workers, the puller's lock and load, and the health probe.
+    db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 4)
     try:
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
@@ -159,9 +167,13 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
                 "--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run"
             )
         watch = args.watch is not None or not (
-            ingest_paths or args.status or args.pipeline or args.dispatch or args.analysis
+            ingest_paths or args.pull or args.status or args.pipeline or args.dispatch or args.analysis
         )
         code = EXIT_OK
+        if args.pull:
+            pulled = await run_pull(settings, registry, db)
+            print(pulled.summary())
+            code = max(code, EXIT_SOME_FAILED if pulled.failed else EXIT_OK)
         if ingest_paths:
             result = await run_ingest(settings, db, registry, ingest_paths)
             if result.failed:
@@ -180,8 +192,15 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
         if watch:
             folder = Path(args.watch) if args.watch else settings.imports_dir
             runner = PipelineRunner(settings, db) if settings.pipeline_on_ingest else None
+            puller = Puller(settings, registry, db) if settings.epms_odbc_dsn.get_secret_value() else None
             watched = await run_watcher(
-                settings, db, registry, folder, _stop_event(), runner.after_load if runner else None
+                settings,
+                db,
+                registry,
+                folder,
+                _stop_event(),
+                runner.after_load if runner else None,
+                puller,
             )
             if runner is not None:
                 await runner.close()

@@ -6,10 +6,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# An ERP object name: one to three dot-separated parts (database.schema.table), each a SQL Server
+# regular identifier, or any text in [brackets] or "double quotes".
+_ERP_PART = r'(?:[A-Za-z_@#][A-Za-z0-9_@#$]{0,127}|\[[^\]]{1,128}\]|"[^"]{1,128}")'
+_ERP_NAME = re.compile(rf"^{_ERP_PART}(?:\.{_ERP_PART}){{0,2}}$")
+_ERP_COLUMN = re.compile(rf"^{_ERP_PART}$")
 
 
 class Settings(BaseSettings):
@@ -54,6 +59,8 @@ class Settings(BaseSettings):
     epms_shipment_table: str = "dbo.Shipment"
     epms_package_table: str = "dbo.Package"
     epms_watermark_column: str = "RowVersion"
+    epms_shipment_query: str = ""
+    epms_package_query: str = ""
 
     health_port: int = Field(8080, ge=0, le=65535)
 
@@ -77,6 +84,24 @@ class Settings(BaseSettings):
                 f"{value!r} is not a plain SQL identifier: use lower-case letters, digits and "
                 "underscores, starting with a letter or underscore"
             )
+        return value
+
+    @field_validator("epms_shipment_table", "epms_package_table", "epms_watermark_column")
+    @classmethod
+    def _erp_name(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "epms_watermark_column":
+            pattern = _ERP_COLUMN
+            expected = (
+                "a column name: letters, digits and underscores (e.g. RowVersion), or any name in [brackets]"
+            )
+        else:
+            pattern = _ERP_NAME
+            expected = (
+                "a table name: use schema.table (e.g. dbo.Shipment), optionally with the database "
+                "first; quote parts with other characters in [brackets]"
+            )
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {expected}")
         return value
 
     @field_validator("source_timezone", "energy_settlement_tz")

@@ -40,6 +40,11 @@ class Health:
             "loadbay_last_success_timestamp_seconds", "When a file was last loaded", registry=self.registry
         )
         self.database_up = Gauge("loadbay_database_up", "1 when PostgreSQL answers", registry=self.registry)
+        self.erp_up = Gauge(
+            "loadbay_erp_up",
+            "1 when the last ERP pull could read the ERP (pulling only)",
+            registry=self.registry,
+        )
         self._beat = time.monotonic()
         self._database_ok = False
 
@@ -49,6 +54,9 @@ class Health:
     def database(self, ok: bool) -> None:
         self._database_ok = ok
         self.database_up.set(1 if ok else 0)
+
+    def erp(self, ok: bool) -> None:
+        self.erp_up.set(1 if ok else 0)
 
     def observe(self, status: str, rows_loaded: int, rows_rejected: int, seconds: float) -> None:
         self.files.labels(status=status).inc()

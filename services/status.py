@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from app.db import Database
 
 RECENT_FILES = 20
+NO_FILES = "No files yet. Drop a CSV into the imports folder, or run: python main.py --demo"
 _COLUMNS = ("id", "received (UTC)", "file", "dataset", "status", "rows", "rejected", "note")
 
 
@@ -18,10 +19,28 @@ class StatusResult:
     files: list[asyncpg.Record]
     totals: dict[str, int]
     rejects: list[asyncpg.Record]
+    pulls: list[asyncpg.Record] = field(default_factory=list)
+    pull_error: asyncpg.Record | None = None
 
     def render(self) -> str:
-        if not self.files:
-            return "No files yet. Drop a CSV into the imports folder, or run: python main.py --demo"
+        files = self._files() if self.files else [NO_FILES]
+        return "\n".join(files + self._pulls())
+
+    def _pulls(self) -> list[str]:
+        if not self.pulls and self.pull_error is None:
+            return []
+        lines = ["", "ERP pull (ingest.pull_watermarks):"]
+        lines += [
+            f"  {p['dataset']}: up to {p['shown']} from {p['source']}, last moved "
+            f"{p['updated_at']:%Y-%m-%d %H:%M:%S} by #{p['file_id']} ({p['rows_pulled']} rows)"
+            for p in self.pulls
+        ]
+        if self.pull_error is not None:
+            error = self.pull_error
+            lines.append(f"  last failure {error['occurred_at']:%Y-%m-%d %H:%M:%S}: {error['message']}")
+        return lines
+
+    def _files(self) -> list[str]:
         rows = [_row(f) for f in self.files]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_COLUMNS)]
         widths[-1] = len(_COLUMNS[-1])
@@ -42,7 +61,7 @@ class StatusResult:
                 + f": {r['reason']}"
                 for r in self.rejects
             ]
-        return "\n".join(lines)
+        return lines
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
@@ -104,4 +123,22 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
             ORDER BY r.record_no LIMIT 5
             """
         )
-    return StatusResult(list(files), {r["status"]: r["n"] for r in totals}, list(rejects))
+        pulls = await conn.fetch(
+            """
+            SELECT dataset, source, file_id, rows_pulled, updated_at,
+                   CASE kind WHEN 'binary' THEN '0x' || upper(value) ELSE value END AS shown
+            FROM ingest.pull_watermarks ORDER BY dataset
+            """
+        )
+        # A failure newer than every watermark move: the pull is failing now.
+        pull_error = await conn.fetchrow(
+            """
+            SELECT occurred_at, message FROM ingest.error_log
+            WHERE component = 'pull'
+              AND occurred_at > coalesce((SELECT max(updated_at) FROM ingest.pull_watermarks), '-infinity')
+            ORDER BY id DESC LIMIT 1
+            """
+        )
+    return StatusResult(
+        list(files), {r["status"]: r["n"] for r in totals}, list(rejects), list(pulls), pull_error
+    )

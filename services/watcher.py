@@ -12,6 +12,10 @@ anyway, in case its close event was lost. Polling sees no writes or closes as su
 settle time alone decides.
 
 Files wait in the folder while the database is away; a transient failure is retried with backoff.
+
+With EPMS_ODBC_DSN set, the watcher also pulls the ERP (services.pull): at once, then 1 s after a
+pull that brought rows, doubling while nothing changes or the ERP does not answer, up to
+EPMS_PULL_SECONDS. The ERP being away never stops the watcher; pulled files count like drops.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +52,9 @@ from models.datasets import DatasetRegistry
 from services.health import Health
 from services.ingest.files import is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
+from services.pull import Puller
+from services.pull.erp import PullCancelled
+from services.pull.schedule import PullSchedule
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +127,11 @@ class Watcher:
         folder: Path,
         on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
         health: Health | None = None,
+        puller: Puller | None = None,
     ) -> None:
         self.settings = settings
+        self.puller = puller
+        self._stop_pulling = threading.Event()
         self.loader = loader
         self.folder = folder.resolve()
         self.on_outcome = on_outcome
@@ -254,13 +265,44 @@ class Watcher:
         if outcome.status == "busy":
             self._retry_later(path, BUSY_RETRY_SECONDS)
             return
+        await self._finish(outcome, time.monotonic() - started)
+
+    async def _finish(self, outcome: FileOutcome, seconds: float) -> None:
         self._count(outcome)
         if self.health is not None and outcome.status != "skipped":
-            self.health.observe(
-                outcome.status, outcome.rows_loaded, outcome.rows_rejected, time.monotonic() - started
-            )
+            self.health.observe(outcome.status, outcome.rows_loaded, outcome.rows_rejected, seconds)
         if self.on_outcome is not None:
             await self.on_outcome(outcome)
+
+    async def _pull_loop(self, stop: asyncio.Event) -> None:
+        assert self.puller is not None
+        schedule = PullSchedule(self.settings.epms_pull_seconds)
+        while not stop.is_set():
+            started = time.monotonic()
+            arrived = False
+            try:
+                result = await self.puller.pull(self._stop_pulling)
+            except PullCancelled:
+                return
+            except Exception as exc:
+                database_down = is_transient(exc) and not isinstance(exc, TransientError)
+                if not (database_down or isinstance(exc, TransientError)):
+                    log.exception("unexpected error while pulling the ERP")
+                error: str | None = f"PostgreSQL is not reachable ({exc})" if database_down else str(exc)
+            else:
+                error = result.error
+                arrived = result.rows_arrived
+                for outcome in result.outcomes:
+                    await self._finish(outcome, time.monotonic() - started)
+            if self.health is not None:
+                self.health.erp(error is None)
+            wait = schedule.next_wait(arrived)
+            if error is not None:
+                log.warning("ERP pull failed: %s; trying again in %.0f s", error, wait)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
 
     def _count(self, outcome: FileOutcome) -> None:
         if outcome.status == "skipped":
@@ -287,6 +329,9 @@ class Watcher:
         workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.ingest_workers)]
         mode = "polling" if self.settings.watch_polling else "inotify"
         log.info("watching %s (%s, %d workers)", self.folder, mode, len(workers))
+        pulling = asyncio.create_task(self._pull_loop(stop)) if self.puller is not None else None
+        if pulling is not None:
+            log.info("pulling the ERP at most %.0f s apart", self.settings.epms_pull_seconds)
         self.rescan()
         tick = min(0.25, max(0.05, self.settings.watch_settle_seconds / 4))
         next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
@@ -313,6 +358,8 @@ class Watcher:
                 probe.cancel()
                 await asyncio.gather(probe, return_exceptions=True)
             observer.stop()
+            if pulling is not None:
+                await self._stop_pull(pulling)
             await self._drain(workers)
             observer.join(timeout=5)
         log.info(
@@ -331,6 +378,19 @@ class Watcher:
             self.health.database(True)
         except Exception:  # any failure means: not answering now
             self.health.database(False)
+
+    async def _stop_pull(self, pulling: asyncio.Task[None]) -> None:
+        """A pull in hand gets the grace period; if it is still reading or loading then, it stops
+        and rolls back (its watermark stays, so the next start reads the same rows again)."""
+        self._stop_pulling.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(pulling), timeout=STOP_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("stopping the ERP pull in hand; its rows are read again next time")
+            pulling.cancel()
+        except Exception:
+            log.exception("the ERP pull loop failed")
+        await asyncio.gather(pulling, return_exceptions=True)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Let the files in hand finish for a grace period, then roll back what is left."""
@@ -359,6 +419,7 @@ async def run_watcher(
     folder: Path,
     stop: asyncio.Event,
     on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
+    puller: Puller | None = None,
 ) -> WatchResult:
     folder.mkdir(parents=True, exist_ok=True)
     health = Health() if settings.health_port else None
@@ -369,7 +430,7 @@ async def run_watcher(
         except OSError as exc:  # e.g. a second watcher on this host: it still loads files
             log.warning("/healthz and /metrics not served: port %d: %s", settings.health_port, exc.strerror)
     try:
-        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health)
+        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health, puller)
         return await watcher.run(stop)
     finally:
         if server is not None:

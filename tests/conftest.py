@@ -13,6 +13,7 @@ import pytest
 from app.migrate import migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from tests.erp import READER, Erp, ensure_reader
 from tests.pg import Server, start_server, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,21 @@ def dsn(pg: Server) -> Iterator[str]:
     """A fresh, migrated database for one test."""
     with pg.database(template=TEMPLATE) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def erp_reader(pg: Server) -> Iterator[str]:
+    """The ERP's read-only login, made once; dropped when every ERP database is gone."""
+    ensure_reader(pg.admin_dsn)
+    yield READER
+    pg.execute(f'DROP ROLE IF EXISTS "{READER}"')
+
+
+@pytest.fixture
+def erp(pg: Server, erp_reader: str) -> Iterator[Erp]:
+    """A fresh ERP-like database (dbo.Shipment, dbo.Package) on the test server."""
+    with pg.database() as url:
+        yield Erp(url)
 
 
 @pytest.fixture

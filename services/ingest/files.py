@@ -112,15 +112,17 @@ def _free_name(folder: Path, name: str, file_id: int, extra: int = 0) -> Path:
     return folder / _fit(f"{stem}__{file_id}{dot}{suffix}", extra)
 
 
-def move_to_processed(path: Path, file_id: int, when: datetime | None = None) -> Path:
-    day = (when or datetime.now(UTC)).strftime("%Y-%m-%d")
-    folder = path.parent / "processed" / day
+def move_to_processed(path: Path, file_id: int, root: Path | None = None) -> Path:
+    """Into `processed/<UTC day>/` of `root` (the file's own folder unless given)."""
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    folder = (root or path.parent) / "processed" / day
     folder.mkdir(parents=True, exist_ok=True)
     return _rename(path, _free_name(folder, path.name, file_id))
 
 
-def move_to_failed(path: Path, file_id: int, error: dict[str, object]) -> Path:
-    folder = path.parent / "failed"
+def move_to_failed(path: Path, file_id: int, error: dict[str, object], root: Path | None = None) -> Path:
+    """Into `failed/` of `root` (the file's own folder unless given), with an `.error.json` beside it."""
+    folder = (root or path.parent) / "failed"
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, path.name, file_id, extra=len(".error.json"))
     sidecar = target.with_name(target.name + ".error.json")

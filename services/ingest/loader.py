@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,12 +73,35 @@ class FileOutcome:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a file comes from. A drop is found by its name or header and may be a duplicate; a
+    file written by loadbay itself (an ERP pull) knows its dataset and is new by construction."""
+
+    source: str = "drop"
+    dataset: DatasetSpec | None = None
+    # Rows are rejected one by one but never fail the whole file (None: the dataset's limit).
+    max_reject_ratio: float | None = None
+    # Same bytes loaded before: record a duplicate. Off for pulls, where a row changed and changed
+    # back gives the same bytes as an earlier pull, yet must be loaded again to be current.
+    dedupe: bool = True
+    # Folder whose processed/ and failed/ receive the file (None: the file's own folder).
+    root: Path | None = None
+    # Runs inside the load's transaction just before it commits (the pull's watermark update):
+    # the work and the load commit together or not at all.
+    before_commit: Callable[[asyncpg.Connection, int], Awaitable[None]] | None = None
+
+
+DROP = Origin()
+
+
+@dataclass(frozen=True)
 class _File:
     path: Path
     fd: int
     sha256: str
     identity: FileIdentity
     received_at: datetime | None
+    origin: Origin
 
     @property
     def name(self) -> str:
@@ -92,7 +116,9 @@ class Loader:
         self.registry = registry
         self.db = db
 
-    async def ingest(self, path: Path, received_at: datetime | None = None) -> FileOutcome:
+    async def ingest(
+        self, path: Path, received_at: datetime | None = None, origin: Origin = DROP
+    ) -> FileOutcome:
         """Load `path` once. Transient problems (database down, file still changing) raise."""
         if not is_candidate_name(path.name) or not is_regular_file(path):
             return FileOutcome(path.name, "skipped", error="not a regular, complete file")
@@ -102,7 +128,7 @@ class Loader:
             return FileOutcome(path.name, "skipped", error="gone before it could be read")
         try:
             sha256, identity = await asyncio.to_thread(hash_fd, fd)
-            return await self._claim(_File(path, fd, sha256, identity, received_at))
+            return await self._claim(_File(path, fd, sha256, identity, received_at, origin))
         finally:
             os.close(fd)
 
@@ -127,11 +153,15 @@ class Loader:
             fmt = file_format(file.name)
             if file.identity.size == 0:
                 raise EmptyFile("the file is empty (0 bytes)", hint="Drop it again once it has data")
-            dataset = await asyncio.to_thread(self._detect, file, fmt)
-            existing = await ledger.find_loaded(conn, dataset.name, file.sha256)
-            if existing is not None:
-                return await self._already_loaded(conn, file, dataset, existing)
-            return await self._load(conn, file, fmt, dataset)
+            known = file.origin.dataset
+            if known is None:
+                known = await asyncio.to_thread(self._detect, file, fmt)
+            dataset = known
+            if file.origin.dedupe:
+                existing = await ledger.find_loaded(conn, known.name, file.sha256)
+                if existing is not None:
+                    return await self._already_loaded(conn, file, known, existing)
+            return await self._load(conn, file, fmt, known)
         except FileRejected as exc:
             return await self._fail(conn, file, dataset, exc)
 
@@ -160,12 +190,12 @@ class Loader:
     ) -> FileOutcome:
         if existing["name"] == file.name and existing["moved_to"] is None:
             # The load committed but the process stopped before the move: finish the move.
-            moved = move_to_processed(file.path, existing["id"])
+            moved = move_to_processed(file.path, existing["id"], file.origin.root)
             await ledger.set_moved(conn, existing["id"], str(moved))
             log.info("%s (#%d) was already loaded; moved it to %s", file.name, existing["id"], moved)
             return FileOutcome(file.name, existing["status"], existing["id"], dataset.name, moved_to=moved)
         file_id = await _record(conn, file, dataset, "duplicate", duplicate_of=existing["id"])
-        moved = move_to_processed(file.path, file_id)
+        moved = move_to_processed(file.path, file_id, file.origin.root)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
             "%s (#%d) is a duplicate of #%d (%s); no rows loaded",
@@ -189,11 +219,7 @@ class Loader:
                 file_id=file_id,
                 label=f"{file.name} (#{file_id})",
                 source_timezone=self.settings.source_timezone,
-                max_reject_ratio=(
-                    dataset.max_reject_ratio
-                    if dataset.max_reject_ratio is not None
-                    else self.settings.max_reject_ratio
-                ),
+                max_reject_ratio=self._reject_ratio(file.origin, dataset),
             )
             stats = await load_file(conn, file, fmt, target, self.registry)
             status = await ledger.finish_load(
@@ -203,7 +229,9 @@ class Loader:
                 rows_rejected=stats.rows_rejected,
                 warnings=stats.warnings,
             )
-        moved = move_to_processed(file.path, file_id)
+            if file.origin.before_commit is not None:
+                await file.origin.before_commit(conn, file_id)
+        moved = move_to_processed(file.path, file_id, file.origin.root)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
             "%s %s (#%d) into %s.%s: %d rows, %d rejected, %.2f s (%s path)",
@@ -220,6 +248,12 @@ class Loader:
         return FileOutcome(
             file.name, status, file_id, dataset.name, stats.rows_loaded, stats.rows_rejected, moved_to=moved
         )
+
+    def _reject_ratio(self, origin: Origin, dataset: DatasetSpec) -> float:
+        for ratio in (origin.max_reject_ratio, dataset.max_reject_ratio):
+            if ratio is not None:
+                return ratio
+        return self.settings.max_reject_ratio
 
     async def _fail(
         self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec | None, exc: FileRejected
@@ -263,6 +297,7 @@ class Loader:
                 "hint": exc.hint,
                 "line": exc.line_no,
             },
+            file.origin.root,
         )
         await ledger.set_moved(conn, file_id, str(moved))
         log.warning("failed %s (#%d): %s; moved to %s", file.name, file_id, message, moved)
@@ -291,6 +326,7 @@ async def _record(
         received_at=file.received_at,
         error=error,
         duplicate_of=duplicate_of,
+        source=file.origin.source,
     )
 
 

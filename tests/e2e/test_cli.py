@@ -16,6 +16,7 @@ FLAGS = [
     "-h",
     "--help",
     "--watch",
+    "--pull",
     "--ingest",
     "--pipeline",
     "--dispatch",
@@ -52,13 +53,14 @@ def test_help_exits_0_and_documents_every_flag(tmp_path: Path) -> None:
     out = help_text(tmp_path)
 
     assert out.startswith(
-        "usage: main.py [-h] [--watch [DIR]] [--ingest PATH [PATH ...]] [--pipeline] [--dispatch] [--dry-run]"
+        "usage: main.py [-h] [--watch [DIR]] [--pull] [--ingest PATH [PATH ...]] [--pipeline] [--dispatch]"
     )
     described = help_options(out)
     assert sorted(described) == sorted(FLAGS)
     assert described["--help"] == "show this help message and exit"
     assert "IMPORTS_DIR" in described["--watch"] and "SIGTERM" in described["--watch"]
     assert "every pending file of a given folder" in described["--ingest"]
+    assert "ERP over ODBC (EPMS_ODBC_DSN)" in described["--pull"] and "watch mode" in described["--pull"]
     assert "status" in described["--status"]
     assert "warehouse" in described["--pipeline"] and "incremental" in described["--pipeline"]
     assert "examples/drops/" in described["--demo"]

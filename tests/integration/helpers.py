@@ -1,14 +1,35 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from app.db import Database, asyncpg_dsn
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.ingest import IngestResult, run_ingest
+from services.pipeline import PipelineResult, run_pipeline
 from tests.pg import run
 
 METER_HEADER = "meter_id,reading_at,register_kwh,power_w\n"
+T = TypeVar("T")
+
+
+def with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """`work` run with a Database on the settings' DATABASE_URL, closed afterwards."""
+
+    async def go() -> T:
+        db = Database(asyncpg_dsn(settings.database_url.get_secret_value()))
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run(go())
+
+
+def pipeline(settings: Settings) -> PipelineResult:
+    return with_db(settings, lambda db: run_pipeline(settings, db))
 
 
 def ingest(settings: Settings, *paths: Path, registry: DatasetRegistry | None = None) -> IngestResult:

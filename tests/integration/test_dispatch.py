@@ -14,10 +14,9 @@ from app.db import Database, asyncpg_dsn
 from app.settings import Settings
 from services.dispatch import DispatchResult, run_dispatch
 from services.dispatch.client import DetrackClient
-from services.pipeline import run_pipeline
 from tests.conftest import make_settings, run_cli
 from tests.detrack_standin import DetrackStandin
-from tests.integration.helpers import drop, ingest
+from tests.integration.helpers import drop, ingest, pipeline
 from tests.pg import fetch, fetchval, run
 
 KEY = "test-key-3f9c2a"
@@ -75,18 +74,7 @@ def load_warehouse(settings: Settings, shipments: str, packages: str = "") -> No
             "PackageID,ShipmentNumber,JobNumber,TotalQtyShipped,Description\n" + packages,
         )
     ingest(settings, settings.imports_dir)
-    _pipeline(settings)
-
-
-def _pipeline(settings: Settings) -> None:
-    async def go() -> None:
-        db = Database(asyncpg_dsn(settings.database_url.get_secret_value()))
-        try:
-            await run_pipeline(settings, db)
-        finally:
-            await db.close()
-
-    run(go())
+    pipeline(settings)
 
 
 def dispatch(settings: Settings, dry_run: bool = False) -> DispatchResult:
@@ -346,7 +334,7 @@ def test_a_changed_shipment_with_an_unfinished_job_is_updated_not_created(
         SHIPMENT_HEADER + shipment(1, city="Bradford") + shipment(2, city="Bradford"),
     )
     ingest(dispatch_settings, dispatch_settings.imports_dir)
-    _pipeline(dispatch_settings)
+    pipeline(dispatch_settings)
 
     result = dispatch(dispatch_settings)
 

@@ -293,3 +293,19 @@ def test_dockerfile_installs_from_the_lock_and_runs_the_watcher_as_a_non_root_us
     assert "--timeout=" in options
 
     assert [json.loads(cmd) for cmd in instruction("CMD")] == [["python", "main.py", "--watch"]]
+
+
+def test_the_image_has_the_odbc_driver_manager_and_the_sql_server_driver_for_pull() -> None:
+    runs = " ".join(instruction("RUN"))
+    install = re.search(r"ACCEPT_EULA=Y apt-get install -y --no-install-recommends ([^&]+)", runs)
+    assert install is not None
+    assert set(install.group(1).split()) == {"unixodbc", "msodbcsql18"}
+    assert "packages.microsoft.com/config/debian/${VERSION_ID}/packages-microsoft-prod.deb" in runs
+    assert instruction("FROM") == ["python:3.11-slim-bookworm"]
+    # the driver the image installs is the one the README's connection strings name
+    assert "Driver={ODBC Driver 18 for SQL Server}" in (ROOT / "README.md").read_text()
+    # it is installed before the dependencies, so pyodbc finds libodbc when the image runs
+    steps = [args for keyword, args in dockerfile() if keyword == "RUN"]
+    assert next(i for i, r in enumerate(steps) if "msodbcsql18" in r) < next(
+        i for i, r in enumerate(steps) if "pipenv sync" in r
+    )
