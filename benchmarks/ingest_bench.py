@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from benchmarks.datagen import Generated, ensure_meter_csv
 from benchmarks.latency import LatencyResult, measure_latency
 from benchmarks.pandas_load import default_driver
 from benchmarks.pg import BenchServer
-from benchmarks.procs import load_average, measurement_floor_mb
+from benchmarks.procs import load_average, machine, measurement_floor_mb
 from benchmarks.scenarios import ROOT, Run, Scenarios
 
 WORK = Path(__file__).resolve().parent / "work"
@@ -83,27 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="a smoke run: 100,000 rows, 500,000 for memory, one repetition, 10 latency drops",
     )
     return parser
-
-
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def generate(rows: int, big_rows: int) -> dict[str, Generated]:

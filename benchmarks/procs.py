@@ -11,13 +11,16 @@ launcher's size: `measurement_floor_mb()` says how big that is.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _LAUNCHER = """
 import os, signal, sys, time
@@ -105,3 +108,28 @@ def measurement_floor_mb(log_path: Path) -> float:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def machine() -> dict[str, Any]:
+    """The facts about this machine every benchmark result records."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }

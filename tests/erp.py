@@ -20,20 +20,32 @@ from tests.pg import run
 READER = f"erp_reader_{os.getpid()}"
 READER_PASSWORD = "erp-reader-pw-7Q"
 
-SHIPMENT_COLUMNS = (
-    "JobNumber",
-    "ShipmentNumber",
-    "ShipName",
-    "ShipAddress1",
-    "ShipCity",
-    "ShipCountry",
-    "ShipVia",
-    "IsPartial",
-    "Shipped",
-    "ScheduledShipDate",
-    "ScheduledShipQuantity",
-    "CreatedBy",
+# dbo."Shipment": (column, type and constraints), as an ERP table might have it.
+SHIPMENT_TABLE = (
+    ("JobNumber", "varchar(20) NOT NULL"),
+    ("ShipmentNumber", "varchar(20) PRIMARY KEY"),
+    ("ShipName", "varchar(60)"),
+    ("ShipAddress1", "varchar(60)"),
+    ("ShipCity", "varchar(40)"),
+    ("ShipCountry", "varchar(40)"),
+    ("ShipVia", "varchar(10)"),
+    ("IsPartial", "boolean"),
+    ("Shipped", "boolean"),
+    ("ScheduledShipDate", "timestamp"),
+    ("ScheduledShipQuantity", "integer"),
+    ("CreatedBy", "varchar(20)"),
+    ("RowVersion", "bigint NOT NULL DEFAULT nextval('dbo.rowversion')"),
+    ("RowStamp", 'bytea GENERATED ALWAYS AS (int8send("RowVersion")) STORED'),
 )
+
+
+# Its columns as ERP users write them (RowVersion and RowStamp are the database's).
+SHIPMENT_COLUMNS = tuple(name for name, _ in SHIPMENT_TABLE if not name.startswith("Row"))
+
+
+def column_list(table: tuple[tuple[str, str], ...]) -> str:
+    return ",\n    ".join(f'"{name}" {definition}' for name, definition in table)
+
 
 SCHEMA = f"""
 CREATE SCHEMA dbo;
@@ -44,20 +56,7 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TABLE dbo."Shipment" (
-    "JobNumber"             varchar(20) NOT NULL,
-    "ShipmentNumber"        varchar(20) PRIMARY KEY,
-    "ShipName"              varchar(60),
-    "ShipAddress1"          varchar(60),
-    "ShipCity"              varchar(40),
-    "ShipCountry"           varchar(40),
-    "ShipVia"               varchar(10),
-    "IsPartial"             boolean,
-    "Shipped"               boolean,
-    "ScheduledShipDate"     timestamp,
-    "ScheduledShipQuantity" integer,
-    "CreatedBy"             varchar(20),
-    "RowVersion"            bigint NOT NULL DEFAULT nextval('dbo.rowversion'),
-    "RowStamp"              bytea GENERATED ALWAYS AS (int8send("RowVersion")) STORED
+    {column_list(SHIPMENT_TABLE)}
 );
 CREATE TABLE dbo."Package" (
     "PackageID"       varchar(20) PRIMARY KEY,

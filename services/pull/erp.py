@@ -39,6 +39,8 @@ LOGIN_TIMEOUT_S = 30
 QUERY_TIMEOUT_S = 600
 FETCH_ROWS = 5_000
 
+# One encoder for every row: json.dumps with any non-default option builds a new one per call.
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _PART = re.compile(r'[A-Za-z_@#][A-Za-z0-9_@#$]*|\[[^\]]+\]|"[^"]+"')
 _SECRET_KEYS = {"pwd", "password"}
 
@@ -141,6 +143,10 @@ class Erp:
     def __init__(self, connection_string: str) -> None:
         self._connection_string = connection_string
         self._pyodbc = pyodbc = driver_manager()
+        # A pull cancelled mid-read asks to close while its read still runs on another thread:
+        # the read then closes the connection when it ends, never two threads on one handle.
+        self._state = threading.Lock()
+        self._reading = self._close_requested = False
         with self._errors("could not connect to the ERP"):
             self.connection = pyodbc.connect(
                 connection_string, autocommit=False, readonly=True, timeout=LOGIN_TIMEOUT_S
@@ -153,6 +159,13 @@ class Erp:
             self.dbms = str(self.connection.getinfo(pyodbc.SQL_DBMS_NAME))
 
     def close(self) -> None:
+        with self._state:
+            if self._reading:
+                self._close_requested = True
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
         try:
             self.connection.rollback()  # nothing was written; end the read transaction
             self.connection.close()
@@ -171,8 +184,27 @@ class Erp:
         """Write the rows changed since `after` to `spool` as NDJSON, one object per row.
 
         NDJSON keeps what the ERP said: NULL apart from '', numbers with every digit, booleans.
-        Only the dataset's columns are written; the others are named in `ignored_columns`."""
-        cursor = self.connection.cursor()
+        Only the dataset's columns are read; the others are named in `ignored_columns`."""
+        with self._state:
+            self._reading = True
+        try:
+            cursor = self.connection.cursor()
+            try:
+                return self._fetch(cursor, table, after, spool, cancel)
+            finally:
+                cursor.close()
+        finally:
+            with self._state:
+                self._reading = False
+                close = self._close_requested
+            if close:
+                self._close_now()
+
+    def _fetch(
+        self, cursor: Any, table: Table, after: Watermark | None, spool: Path, cancel: threading.Event
+    ) -> Fetched:
+        # The columns first, without reading a row (the ERP plans `WHERE 1 = 0` and stops):
+        # the watermark column and the dataset's required fields are checked before any read.
         with self._errors(f"the ERP refused the read of {table.label}"):
             cursor.execute(f"SELECT * FROM ({table.select}) src WHERE 1 = 0")
             description = cursor.description
@@ -183,9 +215,19 @@ class Erp:
             binary = kind_of(description[position][1]) == "binary"
         except ValueError as exc:
             raise ErpError(f"{table.label}: {names[position]} (EPMS_WATERMARK_COLUMN): {exc}") from None
-        query = build_query(table.select, names[position], self.dbms, first=after is None, binary=binary)
-        keys = [(i, column.source) for i, column in header.mapped()]
-        ignored = [names[i] for i in header.extras if i != position]
+        wanted = [(i, column.source) for i, column in header.mapped()]
+        columns = [names[i] for i, _ in wanted]
+        if header.targets[position] is None:  # read for the watermark, not loaded
+            columns.append(names[position])
+        mark_at = columns.index(names[position])
+        query = build_query(
+            table.select, columns, names[position], self.dbms, first=after is None, binary=binary
+        )
+        # Text, integers and booleans are JSON as they come; other types need converting.
+        fields = [
+            (k, source, None if description[i][1] in (str, int, bool) else json_value)
+            for k, (i, source) in enumerate(wanted)
+        ]
         rows = 0
         newest: Any = None
         with self._errors(f"reading {table.label} failed"), spool.open("w", encoding="utf-8") as out:
@@ -195,13 +237,16 @@ class Erp:
                     raise PullCancelled
                 lines = []
                 for row in batch:
-                    mark = row[position]
+                    mark = row[mark_at]
                     if mark is not None and (newest is None or mark > newest):
                         newest = mark
-                    lines.append(json.dumps({key: json_value(row[i]) for i, key in keys}, ensure_ascii=False))
+                    record = {
+                        key: row[i] if convert is None else convert(row[i]) for i, key, convert in fields
+                    }
+                    lines.append(_to_json(record))
                 out.write("\n".join(lines) + "\n")
                 rows += len(batch)
-        cursor.close()
+        ignored = [names[i] for i in header.extras if i != position]
         return Fetched(rows, Watermark.of(newest) if newest is not None else after, ignored)
 
     def _watermark_position(self, table: Table, names: list[str]) -> int:
@@ -221,13 +266,17 @@ class Erp:
             raise ErpError(f"{table.label} cannot feed dataset {table.dataset.name}: {exc.message}") from None
 
 
-def build_query(select: str, watermark: str, dbms: str, *, first: bool, binary: bool) -> str:
+def build_query(
+    select: str, columns: list[str], watermark: str, dbms: str, *, first: bool, binary: bool
+) -> str:
+    """The read of `columns` (the dataset's and the watermark) of the rows after the watermark."""
     column = "src." + quote_identifier(watermark)
     conditions = [] if first else [f"{column} > ?"]
     if binary and "sql server" in dbms.lower():
         conditions.append(f"{column} < MIN_ACTIVE_ROWVERSION()")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT * FROM ({select}) src{where} ORDER BY {column}"
+    listed = ", ".join("src." + quote_identifier(c) for c in columns)
+    return f"SELECT {listed} FROM ({select}) src{where} ORDER BY {column}"
 
 
 def json_value(value: object) -> object:

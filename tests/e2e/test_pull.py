@@ -127,3 +127,26 @@ def test_the_watcher_loads_drops_while_the_erp_is_away_and_pulls_once_it_is_back
         assert fetchval(dsn, "SELECT count(*) FROM staging.shipments WHERE shipment_number = 'S9'") == 2
     finally:
         pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_sigterm_in_the_middle_of_a_pull_stops_it_cleanly_and_the_watermark_stays(
+    dsn: str, workdir: Path, erp: Erp, watchers: Watchers
+) -> None:
+    odbc = erp.odbc(UseDeclareFetch="1", Fetch="20")  # a slow read: 20 rows per round trip
+    execute(
+        erp.dsn,
+        """INSERT INTO dbo."Shipment" ("JobNumber", "ShipmentNumber")
+           SELECT 'J3', 'S' || lpad(n::text, 6, '0') FROM generate_series(1, 200000) n""",
+    )
+    spool = workdir / "imports" / ".pull"
+    watcher = watchers.start(dsn, workdir, EPMS_ODBC_DSN=odbc)
+    wait_until(lambda: list(spool.glob("shipments-odbc-*.ndjson")), 60, "the pull to start")
+
+    assert watcher.stop() == 0
+
+    # The read stopped at its next batch: the grace period did not have to run out.
+    assert "stopping the ERP pull in hand" not in watcher.output
+    assert "services.watcher: stopped watching" in watcher.output
+    assert fetchval(dsn, "SELECT count(*) FROM ingest.pull_watermarks") == 0
+    assert fetchval(dsn, "SELECT count(*) FROM ingest.files") == 0
+    assert list(spool.iterdir()) == []

@@ -3,6 +3,7 @@ database on the test server as a login that may only SELECT."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import pytest
 from app.db import Database, asyncpg_dsn
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.pull import _PULL_LOCK_KEY, Puller, PullResult, run_pull
+from services.pull import _PULL_LOCK_KEY, Puller, PullResult, run_pull, tables
+from services.pull.erp import Erp as ErpConnection
+from services.pull.erp import Fetched
 from services.status import run_status
 from tests.conftest import make_settings
+from tests.e2e.helpers import wait_until
 from tests.erp import READER_PASSWORD, Erp, execute
 from tests.integration.helpers import pipeline, with_db
 from tests.pg import fetch, fetchval, run
@@ -354,3 +358,31 @@ def test_a_second_puller_skips_its_turn_while_one_pulls(pulling: Settings, erp: 
     assert not busy.failed
     assert fetchval(dsn, "SELECT count(*) FROM ingest.files") == 0
     assert pull(pulling).summary() == "ERP pull: shipments: 1 row (#1); packages: nothing new"
+
+
+def test_a_close_asked_for_during_a_read_happens_when_the_read_ends(erp: Erp, tmp_path: Path) -> None:
+    # A cancelled pull closes its connection while the read may still run on its thread; the
+    # read must finish on a live handle and close it after, never two threads on one handle.
+    execute(
+        erp.dsn,
+        """INSERT INTO dbo."Shipment" ("JobNumber", "ShipmentNumber")
+           SELECT 'J4', 'S' || lpad(n::text, 5, '0') FROM generate_series(1, 20000) n""",
+    )
+    settings = Settings(_env_file=None, epms_odbc_dsn=erp.odbc(UseDeclareFetch="1", Fetch="20"))
+    shipments = tables(settings, DatasetRegistry.from_toml({}))[0]
+    connection = ErpConnection(settings.epms_odbc_dsn.get_secret_value())
+    spool = tmp_path / "shipments.ndjson"
+    fetched: list[Fetched] = []
+    reading = threading.Thread(
+        target=lambda: fetched.append(connection.fetch(shipments, None, spool, threading.Event()))
+    )
+    reading.start()
+    wait_until(lambda: spool.exists() and spool.stat().st_size > 0, 30, "the read to be under way")
+
+    connection.close()  # returns at once: the read still owns the connection
+
+    reading.join(60)
+    assert fetched[0].rows == 20000
+    assert len(spool.read_text().splitlines()) == 20000
+    with pytest.raises(pyodbc.ProgrammingError, match="closed connection"):
+        connection.connection.cursor()

@@ -89,19 +89,23 @@ def test_a_custom_query_is_one_select_without_its_own_order() -> None:
 
 
 SELECT_TABLE = 'SELECT * FROM "dbo"."Shipment"'
-WRAPPED = 'SELECT * FROM (SELECT * FROM "dbo"."Shipment") src'
+COLUMNS = ["JobNumber", "ShipmentNumber", "Ship Name"]
+READ = (
+    'SELECT src."JobNumber", src."ShipmentNumber", src."Ship Name", src."{0}" '
+    'FROM (SELECT * FROM "dbo"."Shipment") src'
+)
 
 
 @pytest.mark.parametrize(
     ("column", "dbms", "first", "binary", "query"),
     [
-        ("RowVersion", "PostgreSQL", True, False, WRAPPED + ' ORDER BY src."RowVersion"'),
+        ("RowVersion", "PostgreSQL", True, False, READ + ' ORDER BY src."RowVersion"'),
         (
             "RowVersion",
             "PostgreSQL",
             False,
             True,
-            WRAPPED + ' WHERE src."RowVersion" > ? ORDER BY src."RowVersion"',
+            READ + ' WHERE src."RowVersion" > ? ORDER BY src."RowVersion"',
         ),
         # SQL Server: a rowversion read stops below the oldest transaction still open in the ERP
         (
@@ -109,16 +113,17 @@ WRAPPED = 'SELECT * FROM (SELECT * FROM "dbo"."Shipment") src'
             "Microsoft SQL Server",
             False,
             True,
-            WRAPPED + ' WHERE src."RowVersion" > ? AND src."RowVersion" < MIN_ACTIVE_ROWVERSION() '
+            READ + ' WHERE src."RowVersion" > ? AND src."RowVersion" < MIN_ACTIVE_ROWVERSION() '
             'ORDER BY src."RowVersion"',
         ),
-        ("Modified", "Microsoft SQL Server", True, False, WRAPPED + ' ORDER BY src."Modified"'),
+        ("Modified", "Microsoft SQL Server", True, False, READ + ' ORDER BY src."Modified"'),
     ],
 )
-def test_the_read_filters_by_the_watermark_after_the_first_pull(
+def test_the_read_lists_the_columns_and_filters_by_the_watermark_after_the_first_pull(
     column: str, dbms: str, first: bool, binary: bool, query: str
 ) -> None:
-    assert build_query(SELECT_TABLE, column, dbms, first=first, binary=binary) == query
+    built = build_query(SELECT_TABLE, [*COLUMNS, column], column, dbms, first=first, binary=binary)
+    assert built == query.format(column)
 
 
 def test_passwords_of_the_connection_string_never_reach_a_message() -> None:
