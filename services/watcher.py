@@ -358,9 +358,8 @@ class Watcher:
                 probe.cancel()
                 await asyncio.gather(probe, return_exceptions=True)
             observer.stop()
-            if pulling is not None:
-                await self._stop_pull(pulling)
-            await self._drain(workers)
+            # The pull in hand and the files in hand share one grace period.
+            await asyncio.gather(self._drain(workers), *([self._stop_pull(pulling)] if pulling else []))
             observer.join(timeout=5)
         log.info(
             "stopped watching: %d loaded, %d duplicates, %d failed",

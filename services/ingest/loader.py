@@ -156,7 +156,7 @@ class Loader:
             known = file.origin.dataset
             if known is None:
                 known = await asyncio.to_thread(self._detect, file, fmt)
-            dataset = known
+            dataset = known  # for the failure path below
             if file.origin.dedupe:
                 existing = await ledger.find_loaded(conn, known.name, file.sha256)
                 if existing is not None:

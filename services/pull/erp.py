@@ -4,9 +4,11 @@ Everything here is blocking (pyodbc); callers run it in a thread. pyodbc is impo
 starts, so loadbay runs without unixODBC installed as long as nobody pulls.
 
 A table's rows are selected through a derived table, so a custom query and a plain table read
-the same way:
+the same way. Its columns are looked at first (`WHERE 1 = 0`, no row read), then only the
+columns that feed the dataset, and the watermark, are read:
 
-    SELECT * FROM (<EPMS_*_QUERY, or SELECT * FROM <EPMS_*_TABLE>>) src
+    SELECT src."JobNumber", …, src."<watermark>"
+    FROM (<EPMS_*_QUERY, or SELECT * FROM <EPMS_*_TABLE>>) src
     WHERE src."<watermark>" > ?            -- not on the first pull
     ORDER BY src."<watermark>"
 
