@@ -107,18 +107,22 @@ class Scenarios:
     def migrate_template(self) -> ProcessRun:
         """Let loadbay create its schema (as it does at every start) in the template database."""
         name, dsn = self.server.create_database("lb_template")
-        run_dir = _fresh_dir(self.work / "runs" / "template")
-        run = _checked(
+        run = self._ingest_nothing(dsn, "template", "loadbay migration")
+        self.template = name
+        return run
+
+    def _ingest_nothing(self, dsn: str, run_name: str, what: str) -> ProcessRun:
+        """`main.py --ingest` of an empty folder: start-up, migrations, exit."""
+        run_dir = _fresh_dir(self.work / "runs" / run_name)
+        return _checked(
             run_timed(
                 [PYTHON, "main.py", "--ingest", run_dir / "imports"],
                 env=loadbay_env(dsn, run_dir, self.code_dir),
                 cwd=self.code_dir,
                 log_path=run_dir / "output.log",
             ),
-            "loadbay migration",
+            what,
         )
-        self.template = name
-        return run
 
     def _database(self, prefix: str) -> tuple[str, str]:
         name, dsn = self.server.create_database(prefix, template=self.template)
@@ -200,17 +204,8 @@ class Scenarios:
         """`main.py --ingest` of an empty folder: interpreter, imports, migration check, exit."""
         name, dsn = self._database("bench_lb")
         try:
-            run_dir = _fresh_dir(self.work / "runs" / "startup")
             before = load_average()
-            run = _checked(
-                run_timed(
-                    [PYTHON, "main.py", "--ingest", run_dir / "imports"],
-                    env=loadbay_env(dsn, run_dir, self.code_dir),
-                    cwd=self.code_dir,
-                    log_path=run_dir / "output.log",
-                ),
-                "loadbay start-up",
-            )
+            run = self._ingest_nothing(dsn, "startup", "loadbay start-up")
             return Run("loadbay_startup", run.seconds, run.peak_rss_mb, before)
         finally:
             self.server.drop_database(name)

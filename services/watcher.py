@@ -284,11 +284,14 @@ class Watcher:
                 result = await self.puller.pull(self._stop_pulling)
             except PullCancelled:
                 return
+            except TransientError as exc:  # PostgreSQL away, or another process moved the watermark
+                error: str | None = str(exc)
             except Exception as exc:
-                database_down = is_transient(exc) and not isinstance(exc, TransientError)
-                if not (database_down or isinstance(exc, TransientError)):
+                if is_transient(exc):
+                    error = f"PostgreSQL is not reachable ({exc})"
+                else:
                     log.exception("unexpected error while pulling the ERP")
-                error: str | None = f"PostgreSQL is not reachable ({exc})" if database_down else str(exc)
+                    error = str(exc)
             else:
                 error = result.error
                 arrived = result.rows_arrived

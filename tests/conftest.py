@@ -13,7 +13,7 @@ import pytest
 from app.migrate import migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from tests.erp import READER, Erp, ensure_reader
+from tests.erp import READER, Erp, ensure_reader, require_odbc
 from tests.pg import Server, start_server, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,7 @@ def dsn(pg: Server) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def erp_reader(pg: Server) -> Iterator[str]:
     """The ERP's read-only login, made once; dropped when every ERP database is gone."""
+    require_odbc()
     ensure_reader(pg.admin_dsn)
     yield READER
     pg.execute(f'DROP ROLE IF EXISTS "{READER}"')

@@ -13,10 +13,11 @@ import os
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-import asyncpg
+import pytest
 
-from tests.pg import run
+from tests.pg import execute, fetchval
 
+DRIVER = "PostgreSQL Unicode"
 READER = f"erp_reader_{os.getpid()}"
 READER_PASSWORD = "erp-reader-pw-7Q"
 
@@ -88,15 +89,15 @@ def ensure_reader(admin_dsn: str) -> None:
     )
 
 
-def execute(dsn: str, sql: str, *args: object) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(sql, *args)
-        finally:
-            await conn.close()
-
-    run(go())
+def require_odbc() -> None:
+    """pyodbc needs unixODBC's libodbc, and these tests read through psqlODBC: say so plainly."""
+    hint = "install the Debian packages unixodbc and odbc-postgresql (.ci/run does)"
+    try:
+        import pyodbc
+    except ImportError as exc:
+        pytest.fail(f"the ERP pull tests need unixODBC ({exc}): {hint}", pytrace=False)
+    if DRIVER not in pyodbc.drivers():
+        pytest.fail(f"the ODBC driver {DRIVER!r} is not installed: {hint}", pytrace=False)
 
 
 def connection_string(dsn: str, user: str = READER, password: str = READER_PASSWORD, **extra: str) -> str:
@@ -107,7 +108,7 @@ def connection_string(dsn: str, user: str = READER, password: str = READER_PASSW
     port = query.get("port", [str(url.port or 5432)])[0]
     database = unquote(url.path.lstrip("/"))
     pairs = {
-        "Driver": "{PostgreSQL Unicode}",
+        "Driver": "{" + DRIVER + "}",
         "Server": host,
         "Port": port,
         "Database": database,
@@ -166,14 +167,7 @@ class Erp:
         execute(self.dsn, f'UPDATE dbo."{table}" SET {sets} WHERE "{key}" = $1', key_value, *values.values())
 
     def row_version(self, table: str, key: str, key_value: str) -> int:
-        async def go() -> int:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                value: int = await conn.fetchval(
-                    f'SELECT "RowVersion" FROM dbo."{table}" WHERE "{key}" = $1', key_value
-                )
-                return value
-            finally:
-                await conn.close()
-
-        return run(go())
+        version: int = fetchval(
+            self.dsn, f'SELECT "RowVersion" FROM dbo."{table}" WHERE "{key}" = $1', key_value
+        )
+        return version

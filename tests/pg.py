@@ -31,6 +31,17 @@ def fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
     return run(_fetch(dsn, sql, *args))
 
 
+def execute(dsn: str, sql: str, *args: object) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql, *args)
+        finally:
+            await conn.close()
+
+    run(go())
+
+
 def fetchval(dsn: str, sql: str, *args: object) -> Any:
     rows = fetch(dsn, sql, *args)
     return rows[0][0] if rows else None
@@ -52,14 +63,7 @@ class Server:
         self.admin_dsn = admin_dsn
 
     def execute(self, sql: str) -> None:
-        async def go() -> None:
-            conn = await asyncpg.connect(self.admin_dsn)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        run(go())
+        execute(self.admin_dsn, sql)
 
     @contextmanager
     def database(self, template: str | None = None) -> Iterator[str]:

@@ -38,10 +38,11 @@ from services.ingest.rows import (
     prefetched,
     stop_early_if_hopeless,
 )
-from services.ingest.source import READ_SIZE, Stream, decode_line
+from services.ingest.source import READ_SIZE, Stream, decode_line, line_too_long, numbered_lines
 from services.ingest.values import is_fixed_offset
 
 MAX_LINE_BYTES = 1 << 20
+_ONE_RECORD_A_LINE = "Check that the file is a CSV file with one record a line"
 MAX_RECORD_LINES = 10_000
 csv.field_size_limit(MAX_LINE_BYTES)
 
@@ -187,15 +188,10 @@ class RecordReader:
         if self._handover is not None:
             self.line_no, raw = self._handover
             yield self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
-        while raw := self._stream.readline(MAX_LINE_BYTES + 1):
-            self.line_no += 1
-            if len(raw) > MAX_LINE_BYTES:
-                raise MalformedFile(
-                    f"line {self.line_no} is longer than {MAX_LINE_BYTES >> 20} MiB",
-                    hint="Check that the file is a CSV file with one record a line",
-                    file_name=self._label,
-                    line_no=self.line_no,
-                )
+        lines = numbered_lines(
+            self._stream.readline, MAX_LINE_BYTES, self._label, _ONE_RECORD_A_LINE, self.line_no
+        )
+        for self.line_no, raw in lines:
             yield self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
 
     def _texts(self) -> Iterator[str]:
@@ -276,13 +272,8 @@ class CsvRows:
         while raw := readline(MAX_LINE_BYTES + 1):
             line_no += 1
             body = raw.rstrip(b"\r\n")
-            if len(raw) > MAX_LINE_BYTES:
-                raise MalformedFile(
-                    f"line {line_no} is longer than {MAX_LINE_BYTES >> 20} MiB",
-                    hint="Check that the file is a CSV file with one record a line",
-                    file_name=label,
-                    line_no=line_no,
-                )
+            if len(raw) > MAX_LINE_BYTES:  # numbered_lines' check, inlined in this hot loop
+                raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
             if not body:
                 continue
             if not body.isascii():

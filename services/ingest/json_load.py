@@ -39,7 +39,7 @@ from services.ingest.rows import (
     raw_text,
     stop_early_if_hopeless,
 )
-from services.ingest.source import Stream, decode_line
+from services.ingest.source import Stream, decode_line, numbered_lines
 
 WRAPPER_KEYS = ("data", "records", "items", "results")
 MAX_NDJSON_LINE = 16 << 20
@@ -94,15 +94,10 @@ class JsonSource:
 
     def _ndjson(self) -> Iterator[object]:
         self.line_no = 0
-        while raw := self.stream.readline(MAX_NDJSON_LINE + 1):
-            self.line_no += 1
-            if len(raw) > MAX_NDJSON_LINE:
-                raise MalformedFile(
-                    f"line {self.line_no} is longer than {MAX_NDJSON_LINE >> 20} MiB",
-                    hint="NDJSON has one record a line",
-                    file_name=self.label,
-                    line_no=self.line_no,
-                )
+        lines = numbered_lines(
+            self.stream.readline, MAX_NDJSON_LINE, self.label, "NDJSON has one record a line"
+        )
+        for self.line_no, raw in lines:
             text = decode_line(raw, "utf-8", self.line_no, self.label)
             if not text.strip():
                 continue

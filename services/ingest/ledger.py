@@ -33,6 +33,17 @@ async def find_unmoved_failure(conn: asyncpg.Connection, name: str, sha256: str)
     return file_id
 
 
+async def find_unmoved_load(conn: asyncpg.Connection, name: str, source: str) -> int | None:
+    """A committed load of this file name whose move to processed/ never happened."""
+    file_id: int | None = await conn.fetchval(
+        "SELECT id FROM ingest.files WHERE name = $1 AND source = $2 AND moved_to IS NULL "
+        "AND status IN ('loaded', 'loaded_with_rejects')",
+        name,
+        source,
+    )
+    return file_id
+
+
 async def insert_file(
     conn: asyncpg.Connection,
     *,

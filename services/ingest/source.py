@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from app.errors import EncodingError, FileChanged, MalformedFile
@@ -112,6 +113,24 @@ class Stream:
 def _damaged(exc: BaseException) -> MalformedFile:
     return MalformedFile(
         f"the gzip data is damaged ({exc})", hint="Compress the file again and send it again"
+    )
+
+
+def numbered_lines(
+    readline: Callable[[int], bytes], limit: int, label: str, hint: str, line_no: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """The lines `readline` gives, numbered on from `line_no`; one longer than `limit` bytes
+    means the file is not what it claims to be."""
+    while raw := readline(limit + 1):
+        line_no += 1
+        if len(raw) > limit:
+            raise line_too_long(line_no, limit, label, hint)
+        yield line_no, raw
+
+
+def line_too_long(line_no: int, limit: int, label: str, hint: str) -> MalformedFile:
+    return MalformedFile(
+        f"line {line_no} is longer than {limit >> 20} MiB", hint=hint, file_name=label, line_no=line_no
     )
 
 

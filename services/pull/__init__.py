@@ -227,12 +227,7 @@ class Puller:
         processed/; if not, delete it (the watermark did not move, so its rows come again)."""
         if not spool.exists():
             return
-        file_id = await conn.fetchval(
-            "SELECT id FROM ingest.files WHERE name = $1 AND source = $2 AND moved_to IS NULL "
-            "AND status IN ('loaded', 'loaded_with_rejects')",
-            spool.name,
-            SOURCE,
-        )
+        file_id = await ledger.find_unmoved_load(conn, spool.name, SOURCE)
         if file_id is None:
             spool.unlink(missing_ok=True)
             log.info("removed %s: its pull did not finish, so its rows are read again", spool.name)

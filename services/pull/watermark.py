@@ -52,6 +52,18 @@ def kind_of(python_type: type) -> str:
     )
 
 
+# How each kind's text is read back (the inverse of Watermark.text).
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "int": int,
+    "decimal": Decimal,
+    "float": float,
+    "binary": bytes.fromhex,
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "text": str,
+}
+
+
 @dataclass(frozen=True)
 class Watermark:
     kind: str
@@ -73,16 +85,7 @@ class Watermark:
 
     @classmethod
     def parse(cls, kind: str, text: str) -> Watermark:
-        parsers: dict[str, Callable[[str], object]] = {
-            "int": int,
-            "decimal": Decimal,
-            "float": float,
-            "binary": bytes.fromhex,
-            "datetime": datetime.fromisoformat,
-            "date": date.fromisoformat,
-            "text": str,
-        }
-        return cls(kind, parsers[kind](text))
+        return cls(kind, _PARSERS[kind](text))
 
     def __str__(self) -> str:
         return "0x" + self.text().upper() if self.kind == "binary" else self.text()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tests.conftest import run_cli, start_cli
 from tests.e2e.helpers import Watchers, wait_until
-from tests.erp import Erp, connection_string, execute
-from tests.pg import Server, fetch, fetchval, with_database
+from tests.erp import Erp, connection_string
+from tests.pg import Server, execute, fetch, fetchval, with_database
 
 WATERMARKS = "SELECT dataset, kind, value, file_id FROM ingest.pull_watermarks ORDER BY 1"
 

@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
-import pyodbc
 import pytest
 
 from app.db import Database, asyncpg_dsn
@@ -20,9 +19,9 @@ from services.pull.erp import Fetched
 from services.status import run_status
 from tests.conftest import make_settings
 from tests.e2e.helpers import wait_until
-from tests.erp import READER_PASSWORD, Erp, execute
+from tests.erp import READER_PASSWORD, Erp
 from tests.integration.helpers import pipeline, with_db
-from tests.pg import fetch, fetchval, run
+from tests.pg import execute, fetch, fetchval, run
 
 LEDGER = "SELECT id, dataset, source, status, rows_loaded, rows_rejected FROM ingest.files ORDER BY id"
 WATERMARKS = (
@@ -300,6 +299,8 @@ def test_a_missing_watermark_column_lists_the_columns_there_are(dsn: str, workdi
 
 
 def test_the_erp_login_loadbay_uses_can_only_read(erp: Erp) -> None:
+    import pyodbc  # needs unixODBC: imported by the tests that use it, after the erp fixture's check
+
     # The pulls above succeed as this login, so they only read: a write is refused.
     connection = pyodbc.connect(erp.odbc())
     try:
@@ -363,6 +364,8 @@ def test_a_second_puller_skips_its_turn_while_one_pulls(pulling: Settings, erp: 
 def test_a_close_asked_for_during_a_read_happens_when_the_read_ends(erp: Erp, tmp_path: Path) -> None:
     # A cancelled pull closes its connection while the read may still run on its thread; the
     # read must finish on a live handle and close it after, never two threads on one handle.
+    import pyodbc
+
     execute(
         erp.dsn,
         """INSERT INTO dbo."Shipment" ("JobNumber", "ShipmentNumber")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from services.ingest import csv_load, rows
 from services.ingest.csv_load import CsvRows, RecordReader, map_header, read_header
 from services.ingest.files import FileFormat
 from services.ingest.rows import Chunk, Target
-from services.ingest.source import Stream
+from services.ingest.source import Stream, numbered_lines
 
 Record = tuple[list[str], int, int, bool]
 Open = Callable[..., tuple[list[str], RecordReader]]
@@ -333,3 +334,14 @@ def test_map_header_with_nothing_found() -> None:
         "required column(s) missing for dataset meter_readings: meter_id, reading_at, "
         f"register_kwh or power_w. Found: (nothing). {EXPECTED_METER}"
     )
+
+
+def test_numbered_lines_count_on_from_where_reading_resumes_and_refuse_an_overlong_line() -> None:
+    data = io.BytesIO(b"ab\ncd\n" + b"x" * (1 << 20) + b"\nnever read\n")
+    lines = numbered_lines(data.readline, 1 << 20, "feed.ndjson", "NDJSON has one record a line", line_no=4)
+
+    assert [next(lines), next(lines)] == [(5, b"ab\n"), (6, b"cd\n")]
+    with pytest.raises(MalformedFile) as caught:
+        next(lines)
+    assert str(caught.value) == "line 7 is longer than 1 MiB. NDJSON has one record a line"
+    assert (caught.value.file_name, caught.value.line_no) == ("feed.ndjson", 7)
