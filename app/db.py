@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
+import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -28,10 +30,36 @@ EMBEDDED_DATABASE = "loadbay"
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when the same database work is expected to succeed later."""
-    if isinstance(exc, DatabaseUnavailable | OSError | asyncio.TimeoutError):
+_NETWORK_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+}
+
+
+def is_connection_lost(exc: OSError) -> bool:
+    """An OSError of the network, not of a file: a failed move or an unreadable file is no outage."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | socket.herror):
         return True
+    if exc.errno in _NETWORK_ERRNOS:
+        return True
+    # asyncpg reports a connect that failed on every address as a bare OSError("Multiple
+    # exceptions: ..."): no errno and no file name, which a file system error always has.
+    return exc.errno is None and exc.filename is None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same database work is expected to succeed later: the connection is lost or
+    the server refuses work for now. Everything else is the input's or the code's problem."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, OSError):
+        return is_connection_lost(exc)
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
         return True
     if isinstance(exc, asyncpg.PostgresError):

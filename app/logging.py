@@ -5,6 +5,7 @@ Only this module configures handlers; every other module uses `logging.getLogger
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
@@ -58,10 +59,18 @@ def setup_logging(settings: Settings) -> None:
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    # A message with text that cannot be encoded (a file name's stray bytes) is written with
+    # escapes rather than lost in a "--- Logging error ---".
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stdout),
         logging.handlers.RotatingFileHandler(
-            settings.logs_dir / "loadbay.log", maxBytes=10_000_000, backupCount=5, encoding="utf-8"
+            settings.logs_dir / "loadbay.log",
+            maxBytes=10_000_000,
+            backupCount=5,
+            encoding="utf-8",
+            errors="backslashreplace",
         ),
     ]
     root = logging.getLogger()

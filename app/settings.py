@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     watch_rescan_seconds: float = Field(60.0, gt=0)
     ingest_workers: int = Field(2, ge=1, le=64)
     max_reject_ratio: float = Field(0.1, ge=0, le=1)
+    # An error not known to be transient fails the file after this many tries.
+    ingest_max_attempts: int = Field(3, ge=1)
     source_timezone: str = "UTC"
     pipeline_on_ingest: bool = False
     pipeline_workers: int = Field(2, ge=1, le=16)

@@ -19,6 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0  # a watcher loop silent this long is stuck
+# Why a file waits in imports/ (the `reason` label of loadbay_files_waiting).
+WAIT_REASONS = ("writer_open", "unreadable", "folder_problem", "database", "retrying")
 
 
 class Health:
@@ -45,8 +47,15 @@ class Health:
             "1 when the last ERP pull could read the ERP (pulling only)",
             registry=self.registry,
         )
+        self.files_waiting = Gauge(
+            "loadbay_files_waiting",
+            "Files in imports/ that wait for a reason other than settling",
+            ["reason"],
+            registry=self.registry,
+        )
         self._beat = time.monotonic()
         self._database_ok = False
+        self._folder_problem: str | None = None
 
     def beat(self) -> None:
         self._beat = time.monotonic()
@@ -57,6 +66,15 @@ class Health:
 
     def erp(self, ok: bool) -> None:
         self.erp_up.set(1 if ok else 0)
+
+    def folders(self, problem: str | None) -> None:
+        """processed/ or failed/ cannot receive files (`problem` says why), or can again (None)."""
+        self._folder_problem = problem
+
+    def waiting(self, counts: dict[str, int]) -> None:
+        """How many files wait, by reason; reasons not given are set to 0."""
+        for reason in WAIT_REASONS:
+            self.files_waiting.labels(reason=reason).set(counts.get(reason, 0))
 
     def observe(self, status: str, rows_loaded: int, rows_rejected: int, seconds: float) -> None:
         self.files.labels(status=status).inc()
@@ -72,6 +90,8 @@ class Health:
             problems.append("database not reachable")
         if time.monotonic() - self._beat > STALE_AFTER_S:
             problems.append("watcher loop stalled")
+        if self._folder_problem is not None:
+            problems.append(self._folder_problem)
         return (503 if problems else 200), {"status": "unhealthy" if problems else "ok", "problems": problems}
 
     def serve(self, port: int) -> ThreadingHTTPServer:

@@ -21,10 +21,22 @@ class StatusResult:
     rejects: list[asyncpg.Record]
     pulls: list[asyncpg.Record] = field(default_factory=list)
     pull_error: asyncpg.Record | None = None
+    retrying: list[asyncpg.Record] = field(default_factory=list)
 
     def render(self) -> str:
         files = self._files() if self.files else [NO_FILES]
-        return "\n".join(files + self._pulls())
+        return "\n".join(files + self._retrying() + self._pulls())
+
+    def _retrying(self) -> list[str]:
+        if not self.retrying:
+            return []
+        lines = ["", "Waiting in imports/ after an unexpected error (ingest.file_attempts):"]
+        lines += [
+            f"  {r['name']}: tried {r['attempts']} time{'' if r['attempts'] == 1 else 's'}, last "
+            f"{r['last_at']:%Y-%m-%d %H:%M:%S}: {r['error_type']}: {r['last_error'][:200]}"
+            for r in self.retrying
+        ]
+        return lines
 
     def _pulls(self) -> list[str]:
         if not self.pulls and self.pull_error is None:
@@ -130,6 +142,10 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
             FROM ingest.pull_watermarks ORDER BY dataset
             """
         )
+        retrying = await conn.fetch(
+            "SELECT name, attempts, error_type, last_error, last_at FROM ingest.file_attempts "
+            "ORDER BY last_at DESC LIMIT 10"
+        )
         # A failure newer than every watermark move: the pull is failing now.
         pull_error = await conn.fetchrow(
             """
@@ -140,5 +156,10 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
             """
         )
     return StatusResult(
-        list(files), {r["status"]: r["n"] for r in totals}, list(rejects), list(pulls), pull_error
+        list(files),
+        {r["status"]: r["n"] for r in totals},
+        list(rejects),
+        list(pulls),
+        pull_error,
+        list(retrying),
     )

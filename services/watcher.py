@@ -26,6 +26,7 @@ import os
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,14 +47,21 @@ from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGroupe
 from watchdog.observers.polling import PollingObserver
 
 from app.db import Database, is_transient
-from app.errors import TransientError
+from app.errors import (
+    DatabaseUnavailable,
+    FileStillOpen,
+    FileUnreadable,
+    FolderProblem,
+    PullCancelled,
+    TransientError,
+)
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.health import Health
-from services.ingest.files import is_candidate_name
+from services.ingest import ledger
+from services.ingest.files import check_state_folders, display_name, is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
 from services.pull import Puller
-from services.pull.erp import PullCancelled
 from services.pull.schedule import PullSchedule
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,21 @@ class WatchResult:
 # What an event says about a file: the `what` argument of Watcher.note.
 CHECK, CREATED, WRITTEN, CLOSED = "check", "created", "written", "closed"
 MOVED_IN, GONE = "moved in", "gone"
+
+
+def wait_reason(exc: BaseException) -> str:
+    """Why a file that raised `exc` waits in the folder (a WAIT_REASONS value)."""
+    if isinstance(exc, FileStillOpen):
+        return "writer_open"
+    if isinstance(exc, FileUnreadable):
+        return "unreadable"
+    if isinstance(exc, FolderProblem):
+        return "folder_problem"
+    if isinstance(exc, DatabaseUnavailable) or is_transient(exc):
+        return "database"
+    if isinstance(exc, TransientError):  # the file changed while it was read: settle again
+        return "changed"
+    return "retrying"
 
 
 class _Events(FileSystemEventHandler):
@@ -141,6 +164,8 @@ class Watcher:
         self.queue: asyncio.Queue[tuple[Path, datetime]] = asyncio.Queue()
         self.result = WatchResult()
         self._backoff: dict[Path, float] = {}
+        # Files tried and left in the folder, and why (a WAIT_REASONS value).
+        self.waiting: dict[Path, str] = {}
         self._ignored: set[Path] = set()
         # inotify only: files a writer holds open (written or created empty, no close-write yet)
         self._track_writers = not settings.watch_polling
@@ -249,23 +274,70 @@ class Watcher:
         try:
             outcome = await self.loader.ingest(path, received_at=seen_at)
         except Exception as exc:
-            if not (isinstance(exc, TransientError) or is_transient(exc)):
-                log.exception("unexpected error while loading %s; it stays in %s", path.name, self.folder)
-            delay = min(MAX_BACKOFF_SECONDS, self._backoff.get(path, 0.5) * 2)
-            self._backoff[path] = delay
-            reason = (
-                f"PostgreSQL is not reachable ({exc})"
-                if is_transient(exc) and not isinstance(exc, TransientError)
-                else exc
-            )
-            log.warning("%s will be tried again in %.0f s: %s", path.name, delay, reason)
-            self._retry_later(path, delay)
+            await self._wait(path, exc)
             return
         self._backoff.pop(path, None)
+        self._stop_waiting(path)
         if outcome.status == "busy":
             self._retry_later(path, BUSY_RETRY_SECONDS)
             return
         await self._finish(outcome, time.monotonic() - started)
+
+    async def _wait(self, path: Path, exc: Exception) -> None:
+        """The file stays in the folder and is tried again later; say why, once per reason."""
+        reason = wait_reason(exc)
+        name = display_name(path.name)
+        delay = min(MAX_BACKOFF_SECONDS, self._backoff.get(path, 0.5) * 2)
+        self._backoff[path] = delay
+        first = self.waiting.get(path) != reason
+        self.waiting[path] = reason
+        if reason == "writer_open" and self._track_writers:
+            self.open_for_writing.add(path)  # its close-write event takes it at once
+        shown = f"PostgreSQL is not reachable ({exc})" if reason == "database" and is_transient(exc) else exc
+        if reason == "retrying":
+            # An unexpected error: the traceback once, then a line a try (the ledger counts them).
+            log.error(
+                "unexpected error while loading %s; it stays in %s and is tried again in %.0f s",
+                name,
+                self.folder,
+                delay,
+                exc_info=exc if first else None,
+            )
+        elif reason == "folder_problem":
+            if first:
+                log.error("%s waits: %s", name, exc)
+                await self._log_error(name, exc)
+            if self.health is not None:
+                self.health.folders(str(exc))
+        else:
+            log.log(
+                logging.INFO if reason == "writer_open" else logging.WARNING,
+                "%s will be tried again in %.0f s: %s",
+                name,
+                delay,
+                shown,
+            )
+        self._report_waiting()
+        self._retry_later(path, delay)
+
+    def _stop_waiting(self, path: Path) -> None:
+        if self.waiting.pop(path, None) is None:
+            return
+        if self.health is not None and "folder_problem" not in self.waiting.values():
+            self.health.folders(None)
+        self._report_waiting()
+
+    def _report_waiting(self) -> None:
+        if self.health is not None:
+            self.health.waiting(dict(Counter(self.waiting.values())))
+
+    async def _log_error(self, name: str, exc: Exception) -> None:
+        """An `ingest.error_log` row for a problem a person must mend; best effort."""
+        try:
+            async with self.loader.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
+                await ledger.log_error(conn, "watcher", str(exc), {"error": type(exc).__name__, "file": name})
+        except Exception as db_exc:  # the database may be away too: the log line stands
+            log.debug("could not record the problem in ingest.error_log: %s", db_exc)
 
     async def _finish(self, outcome: FileOutcome, seconds: float) -> None:
         self._count(outcome)
@@ -320,6 +392,7 @@ class Watcher:
             self.result.loaded += 1
 
     async def run(self, stop: asyncio.Event) -> WatchResult:
+        check_state_folders(self.folder)  # refuse to start rather than move files through a link
         loop = asyncio.get_running_loop()
         if not self.settings.watch_polling:
             # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with

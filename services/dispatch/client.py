@@ -22,16 +22,12 @@ from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from app.errors import ConfigError, TransientError
+from app.errors import ConfigError, DetrackUnavailable
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 BULK_LIMIT = 100
-
-
-class DetrackUnavailable(TransientError):
-    """DeTrack did not answer usefully after every retry (timeouts, 429 or 5xx)."""
 
 
 class Backoff(Retry):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.db import Database
-from app.errors import TransientError
+from app.errors import LoadbayError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.ingest.files import is_candidate_name
+from services.ingest.files import check_state_folders, display_name, is_candidate_name
 from services.ingest.loader import FileOutcome, Loader
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,27 @@ async def run_ingest(
     """Load the given files (or every pending file of the given folders) once, in order."""
     loader = Loader(settings, registry, db)
     result = IngestResult()
-    for path in expand(paths):
+    files = expand(paths)
+    folders = {path for path in paths if path.is_dir() and not path.is_symlink()}
+    for folder in sorted(folders | {path.parent for path in files}):
+        check_state_folders(folder)  # a link or a stranger's folder: refuse before loading anything
+    for path in files:
         if not path.exists() and not path.is_symlink():
             log.error("%s does not exist", path)
             result.outcomes.append(FileOutcome(path.name, "failed", error="no such file"))
             continue
+        name = display_name(path.name)
         try:
             outcome = await loader.ingest(path)
         except Exception as exc:  # the file stays where it is; the next run tries again
             log.error(
                 "could not load %s, it stays in place: %s",
-                path,
+                name,
                 exc,
-                exc_info=not isinstance(exc, TransientError),
+                exc_info=not isinstance(exc, LoadbayError),
             )
-            outcome = FileOutcome(path.name, "failed", error=str(exc))
+            outcome = FileOutcome(name, "failed", error=str(exc))
         if outcome.status in ("skipped", "busy"):
-            log.warning("skipped %s: %s", path, outcome.error)
+            log.warning("skipped %s: %s", name, outcome.error)
         result.outcomes.append(outcome)
     return result

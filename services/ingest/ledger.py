@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
 
+from services.ingest.files import display_name
 from services.ingest.rows import Reject
 
 
@@ -20,17 +22,6 @@ async def find_loaded(conn: asyncpg.Connection, dataset: str, sha256: str) -> as
         dataset,
         sha256,
     )
-
-
-async def find_unmoved_failure(conn: asyncpg.Connection, name: str, sha256: str) -> int | None:
-    """A failure recorded for these bytes under this name whose move to failed/ never happened."""
-    file_id: int | None = await conn.fetchval(
-        "SELECT max(id) FROM ingest.files WHERE name = $1 AND sha256 = $2 AND status = 'failed' "
-        "AND moved_to IS NULL",
-        name,
-        sha256,
-    )
-    return file_id
 
 
 async def find_unmoved_load(conn: asyncpg.Connection, name: str, source: str) -> int | None:
@@ -119,7 +110,7 @@ def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[o
 
 
 async def set_moved(conn: asyncpg.Connection, file_id: int, moved_to: str) -> None:
-    await conn.execute("UPDATE ingest.files SET moved_to = $2 WHERE id = $1", file_id, moved_to)
+    await conn.execute("UPDATE ingest.files SET moved_to = $2 WHERE id = $1", file_id, display_name(moved_to))
 
 
 async def log_error(
@@ -141,3 +132,59 @@ async def log_error(
         file_id,
         do_number,
     )
+
+
+async def find_unmoved(conn: asyncpg.Connection, name: str, sha256: str, status: str) -> int | None:
+    """A `failed` or `duplicate` row for these bytes under this name whose move never happened:
+    a retry finishes that move instead of recording the file again."""
+    file_id: int | None = await conn.fetchval(
+        "SELECT max(id) FROM ingest.files WHERE name = $1 AND sha256 = $2 AND status = $3 "
+        "AND moved_to IS NULL",
+        name,
+        sha256,
+        status,
+    )
+    return file_id
+
+
+@dataclass(frozen=True)
+class Tries:
+    """Tries at loading one file (name and content) that ended in an unexpected error."""
+
+    attempts: int
+    error_type: str
+    last_error: str
+
+
+async def failed_attempts(conn: asyncpg.Connection, name: str, sha256: str) -> Tries | None:
+    """How often loading these bytes under this name ended in an unexpected error, and the last."""
+    row = await conn.fetchrow(
+        "SELECT attempts, error_type, last_error FROM ingest.file_attempts WHERE name = $1 AND sha256 = $2",
+        name,
+        sha256,
+    )
+    return Tries(row["attempts"], row["error_type"], row["last_error"]) if row else None
+
+
+async def note_failed_attempt(conn: asyncpg.Connection, name: str, sha256: str, exc: BaseException) -> Tries:
+    """Count one more unexpected error for this file."""
+    tries = Tries(0, type(exc).__name__, (str(exc) or repr(exc))[:2000])
+    attempts: int = await conn.fetchval(
+        """
+        INSERT INTO ingest.file_attempts AS a (name, sha256, attempts, error_type, last_error)
+        VALUES ($1, $2, 1, $3, $4)
+        ON CONFLICT (name, sha256) DO UPDATE
+        SET attempts = a.attempts + 1, error_type = $3, last_error = $4, last_at = now()
+        RETURNING attempts
+        """,
+        name,
+        sha256,
+        tries.error_type,
+        tries.last_error,
+    )
+    return replace(tries, attempts=attempts)
+
+
+async def forget_attempts(conn: asyncpg.Connection, name: str) -> None:
+    """The file under this name is settled (loaded, duplicate or failed): its tries are history."""
+    await conn.execute("DELETE FROM ingest.file_attempts WHERE name = $1", name)

@@ -20,8 +20,17 @@ from pathlib import Path
 
 import asyncpg
 
-from app.db import Database
-from app.errors import EmptyFile, FileRejected, UnknownDataset
+from app.db import Database, is_transient
+from app.errors import (
+    ConfigError,
+    EmptyFile,
+    FileChanged,
+    FileRejected,
+    FileUnreadable,
+    GaveUp,
+    TransientError,
+    UnknownDataset,
+)
 from app.schema import record_sequence
 from app.settings import Settings
 from models.datasets import DatasetRegistry, DatasetSpec
@@ -36,14 +45,19 @@ from services.ingest.csv_load import (
 from services.ingest.files import (
     FileFormat,
     FileIdentity,
+    check_state_folders,
+    display_name,
     file_format,
     hash_fd,
+    hold_read_lease,
+    ignore_lease_breaks,
     is_candidate_name,
     is_regular_file,
     move_to_failed,
     move_to_processed,
     open_no_follow,
     still_there,
+    unchanged_since_hashed,
 )
 from services.ingest.json_load import copy_json, first_record_keys
 from services.ingest.rows import NO_ROWS_HINT, LoadStats, Target
@@ -105,7 +119,15 @@ class _File:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return display_name(self.path.name)
+
+    def check_unchanged(self) -> None:
+        """Raise FileChanged unless the file is still exactly the one that was hashed."""
+        if not unchanged_since_hashed(self.path, self.fd, self.identity):
+            raise FileChanged(
+                f"{self.name} changed while it was loaded",
+                hint="It was still being written; it will be loaded once it is complete",
+            )
 
 
 class Loader:
@@ -115,18 +137,27 @@ class Loader:
         self.settings = settings
         self.registry = registry
         self.db = db
+        ignore_lease_breaks()
 
     async def ingest(
         self, path: Path, received_at: datetime | None = None, origin: Origin = DROP
     ) -> FileOutcome:
         """Load `path` once. Transient problems (database down, file still changing) raise."""
+        name = display_name(path.name)
         if not is_candidate_name(path.name) or not is_regular_file(path):
-            return FileOutcome(path.name, "skipped", error="not a regular, complete file")
+            return FileOutcome(name, "skipped", error="not a regular, complete file")
         try:
             fd = open_no_follow(path)
-        except (FileNotFoundError, OSError):
-            return FileOutcome(path.name, "skipped", error="gone before it could be read")
+        except PermissionError as exc:
+            raise FileUnreadable(
+                f"{name} cannot be read: {exc.strerror}",
+                hint="Let loadbay's user read it (chmod a+r, or the uploader's umask); it waits in imports/",
+            ) from None
+        except OSError:  # gone, or a link swapped in after the candidate check
+            return FileOutcome(name, "skipped", error="gone before it could be read")
         try:
+            # Held until the file is moved (closing fd ends it): no writer can slip in meanwhile.
+            hold_read_lease(fd)
             sha256, identity = await asyncio.to_thread(hash_fd, fd)
             return await self._claim(_File(path, fd, sha256, identity, received_at, origin))
         finally:
@@ -148,6 +179,23 @@ class Loader:
                     pass  # the connection is gone, and its session's locks with it
 
     async def _claimed(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
+        # Where the file will go must be safe before anything is loaded or recorded.
+        check_state_folders(file.origin.root or file.path.parent)
+        tried = await ledger.failed_attempts(conn, file.name, file.sha256)
+        if tried is not None and tried.attempts >= self.settings.ingest_max_attempts:
+            return await self._fail(conn, file, None, _gave_up(file, tried))
+        try:
+            return await self._recognised(conn, file)
+        except Exception as exc:
+            if isinstance(exc, TransientError | ConfigError) or is_transient(exc):
+                raise
+            tried = await ledger.note_failed_attempt(conn, file.name, file.sha256, exc)
+            if tried.attempts < self.settings.ingest_max_attempts:
+                raise
+            log.error("%s failed %d times in a row", file.name, tried.attempts, exc_info=exc)
+            return await self._fail(conn, file, None, _gave_up(file, tried))
+
+    async def _recognised(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
         dataset: DatasetSpec | None = None
         try:
             fmt = file_format(file.name)
@@ -194,7 +242,12 @@ class Loader:
             await ledger.set_moved(conn, existing["id"], str(moved))
             log.info("%s (#%d) was already loaded; moved it to %s", file.name, existing["id"], moved)
             return FileOutcome(file.name, existing["status"], existing["id"], dataset.name, moved_to=moved)
-        file_id = await _record(conn, file, dataset, "duplicate", duplicate_of=existing["id"])
+        # A duplicate recorded before whose move failed is finished, not recorded again.
+        file_id = await ledger.find_unmoved(conn, file.name, file.sha256, "duplicate")
+        if file_id is None:
+            async with conn.transaction():
+                file_id = await _record(conn, file, dataset, "duplicate", duplicate_of=existing["id"])
+                await ledger.forget_attempts(conn, file.name)
         moved = move_to_processed(file.path, file_id, file.origin.root)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
@@ -229,8 +282,11 @@ class Loader:
                 rows_rejected=stats.rows_rejected,
                 warnings=stats.warnings,
             )
+            await ledger.forget_attempts(conn, file.name)
             if file.origin.before_commit is not None:
                 await file.origin.before_commit(conn, file_id)
+            # Last check before the commit: the bytes loaded are the file as it still is.
+            await asyncio.to_thread(file.check_unchanged)
         moved = move_to_processed(file.path, file_id, file.origin.root)
         await ledger.set_moved(conn, file_id, str(moved))
         log.info(
@@ -259,7 +315,7 @@ class Loader:
         self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec | None, exc: FileRejected
     ) -> FileOutcome:
         message = str(exc)
-        retry = await ledger.find_unmoved_failure(conn, file.name, file.sha256)
+        retry = await ledger.find_unmoved(conn, file.name, file.sha256, "failed")
         if retry is not None:
             # Recorded as failed before, but the move did not happen: finish it, record nothing new.
             return await self._move_failed(conn, file, dataset, exc, retry)
@@ -269,9 +325,10 @@ class Loader:
                 conn,
                 "ingest",
                 message,
-                {"error": type(exc).__name__, "file": file.name, "line": exc.line_no},
+                {"error": _error_type(exc), "file": file.name, "line": exc.line_no},
                 file_id=file_id,
             )
+            await ledger.forget_attempts(conn, file.name)
         return await self._move_failed(conn, file, dataset, exc, file_id)
 
     async def _move_failed(
@@ -292,7 +349,7 @@ class Loader:
                 "dataset": dataset.name if dataset else None,
                 "sha256": file.sha256,
                 "failed_at": datetime.now(UTC).isoformat(),
-                "error": type(exc).__name__,
+                "error": _error_type(exc),
                 "message": exc.message,
                 "hint": exc.hint,
                 "line": exc.line_no,
@@ -304,6 +361,21 @@ class Loader:
         return FileOutcome(
             file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved
         )
+
+
+def _gave_up(file: _File, tried: ledger.Tries) -> GaveUp:
+    return GaveUp(
+        f"loading it failed {tried.attempts} times; last error {tried.error_type}: {tried.last_error}",
+        hint="Keep the file and its .error.json for a bug report; drop the file again to retry "
+        "(INGEST_MAX_ATTEMPTS sets the number of tries)",
+        file_name=file.name,
+        cause_type=tried.error_type,
+    )
+
+
+def _error_type(exc: FileRejected) -> str:
+    """The error's class name; for a file loadbay gave up on, the class of the error behind it."""
+    return exc.cause_type if isinstance(exc, GaveUp) else type(exc).__name__
 
 
 async def _record(

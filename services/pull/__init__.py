@@ -26,14 +26,14 @@ from typing import TypeVar
 import asyncpg
 
 from app.db import Database
-from app.errors import ConfigError
+from app.errors import ConfigError, ErpError, WatermarkMoved
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.ingest import ledger
 from services.ingest.files import move_to_processed
 from services.ingest.loader import FileOutcome, Loader, Origin
 from services.pull import watermark
-from services.pull.erp import Erp, ErpError, Fetched, Table, check_query, driver_manager, quote_name
+from services.pull.erp import Erp, Fetched, Table, check_query, driver_manager, quote_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,7 +254,7 @@ async def run_pull(settings: Settings, registry: DatasetRegistry, db: Database) 
     """`--pull`: one pull of every ERP table."""
     try:
         result = await Puller(settings, registry, db).pull()
-    except watermark.WatermarkMoved as exc:
+    except WatermarkMoved as exc:
         result = PullResult(error=str(exc))
     if result.error:
         log.error("ERP pull failed: %s", result.error)

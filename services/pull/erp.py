@@ -32,7 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, MissingColumns
+from app.errors import ConfigError, ErpError, MissingColumns, PullCancelled
 from models.datasets import DatasetSpec
 from services.ingest.csv_load import map_header
 from services.pull.watermark import Watermark, kind_of
@@ -45,16 +45,6 @@ FETCH_ROWS = 5_000
 _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _PART = re.compile(r'[A-Za-z_@#][A-Za-z0-9_@#$]*|\[[^\]]+\]|"[^"]+"')
 _SECRET_KEYS = {"pwd", "password"}
-
-
-class ErpError(Exception):
-    """The ERP could not be read: unreachable, refused the login, or refused the query.
-
-    The message never holds the connection string's password."""
-
-
-class PullCancelled(Exception):
-    """Stopped between two batches because loadbay is shutting down."""
 
 
 def quote_name(name: str) -> str:
@@ -236,7 +226,7 @@ class Erp:
             cursor.execute(query, *([after.value] if after is not None else []))
             while batch := cursor.fetchmany(FETCH_ROWS):
                 if cancel.is_set():
-                    raise PullCancelled
+                    raise PullCancelled("loadbay is stopping; the pull in hand rolls back")
                 lines = []
                 for row in batch:
                     mark = row[mark_at]

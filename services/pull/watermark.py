@@ -17,12 +17,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from app.errors import TransientError
-
-
-class WatermarkMoved(TransientError):
-    """Another process advanced the watermark while this pull ran; this pull rolls back."""
-
+from app.errors import WatermarkMoved
 
 _KINDS: dict[str, type] = {
     "int": int,

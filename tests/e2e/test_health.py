@@ -117,3 +117,26 @@ def test_health_port_0_serves_nothing(dsn: str, workdir: Path, watchers: Watcher
     with pytest.raises(requests.ConnectionError):
         get(port, "/healthz")
     assert watcher.stop() == 0
+
+
+def test_a_file_held_open_by_its_writer_is_counted_as_waiting_until_it_is_closed(
+    dsn: str, workdir: Path, watchers: Watchers
+) -> None:
+    imports, port = workdir / "imports", free_port()
+    watcher = watchers.start(dsn, workdir, "--watch", WATCH_POLLING="true", HEALTH_PORT=str(port))
+    content = meter_csv(ROWS)
+    with open(imports / "meter_held.csv", "wb") as writer:
+        writer.write(content[:1000])
+        writer.flush()
+        # polling settles it after 0.5 s, then the loader finds the writer still there
+        watcher.wait_for(
+            r"meter_held\.csv will be tried again in \d+ s: another process still has the file open"
+        )
+        wait_until(
+            lambda: metrics(port).get('loadbay_files_waiting{reason="writer_open"}') == 1.0, 10, "gauge"
+        )
+        assert ledger(dsn) == []
+        writer.write(content[1000:])
+    wait_until(lambda: ledger(dsn) == [("meter_held.csv", "loaded", ROWS, 0)], 30, "the file loaded")
+    wait_until(lambda: metrics(port).get('loadbay_files_waiting{reason="writer_open"}') == 0.0, 10, "gauge 0")
+    assert watcher.stop() == 0

@@ -161,6 +161,41 @@ def test_a_file_written_slowly_is_loaded_once_and_completely(
     assert watcher.output.rstrip().endswith("stopped watching: 1 loaded, 0 duplicates, 0 failed")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "polling",
+    [
+        # inotify: no close-write for longer than WATCH_RESCAN_SECONDS, the fallback that once
+        # took such a file in part
+        pytest.param(False, id="inotify-pauses-longer-than-rescan"),
+        # polling: the settle time passes at every pause
+        pytest.param(True, id="polling-pauses-longer-than-settle"),
+    ],
+)
+def test_a_stalled_upload_is_never_loaded_in_part(
+    dsn: str, workdir: Path, watchers: Watchers, polling: bool
+) -> None:
+    """The writer still holds the file open, so it is not taken, whatever the clocks say."""
+    imports = workdir / "imports"
+    watcher = watchers.start(
+        dsn,
+        workdir,
+        WATCH_POLLING=str(polling).lower(),
+        WATCH_SETTLE_SECONDS="0.3",
+        WATCH_RESCAN_SECONDS="1",
+    )
+    content = meter_csv(SLOW_ROWS, meters=3)
+
+    write_slowly(imports / "meter_readings_stalled.csv", content, parts=3, gap=2.5, dsn=dsn)
+    wait_loaded(dsn)
+    time.sleep(1.0)
+
+    assert ledger(dsn) == [("meter_readings_stalled.csv", "loaded", SLOW_ROWS, 0)]
+    assert fetchval(dsn, "SELECT count(DISTINCT _record_no) FROM staging.meter_readings") == SLOW_ROWS
+    assert [p.read_bytes() == content for p in processed_files(imports)] == [True]
+    assert watcher.stop() == 0
+
+
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_a_part_file_is_loaded_once_after_the_rename_and_never_before(
     dsn: str, workdir: Path, watchers: Watchers, polling: bool

@@ -11,11 +11,11 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from app.errors import ConfigError
+from app.errors import ConfigError, ErpError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.pull import _off_loop, tables
-from services.pull.erp import ErpError, build_query, check_query, json_value, quote_name, redact
+from services.pull.erp import build_query, check_query, json_value, quote_name, redact
 from services.pull.schedule import PullSchedule
 from services.pull.watermark import Watermark
 
