@@ -49,8 +49,9 @@ def is_connection_lost(exc: OSError) -> bool:
     if exc.errno in _NETWORK_ERRNOS:
         return True
     # asyncpg reports a connect that failed on every address as a bare OSError("Multiple
-    # exceptions: ..."): no errno and no file name, which a file system error always has.
-    return exc.errno is None and exc.filename is None
+    # exceptions: ..."), and a Unix socket that is not there (the server is down) as ENOENT:
+    # both without the file name that a file system error carries.
+    return exc.filename is None and exc.errno in (None, errno.ENOENT)
 
 
 def is_transient(exc: BaseException) -> bool:

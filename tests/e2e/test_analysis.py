@@ -67,6 +67,7 @@ def test_report_is_self_contained(demo: Path) -> None:
     assert "Example Park" not in page and "example.com" not in page  # no personal data
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(demo: Path, tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is needed (Debian package `chromium`, installed by .ci/run)"
@@ -99,6 +100,7 @@ def test_the_report_renders_in_headless_chromium(demo: Path, tmp_path: Path) -> 
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50
 
 
+@pytest.mark.slow
 def test_analysis_twice_and_while_files_load(dsn: str, workdir: Path) -> None:
     drop(workdir / "imports", "meter_small.csv", "meter_id,reading_at,register_kwh,power_w\n" + meter_rows(7))
     assert run_cli(dsn, workdir, "--ingest", "imports", "--pipeline").returncode == 0

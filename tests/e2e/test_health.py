@@ -48,6 +48,7 @@ def metrics(port: int) -> dict[str, float]:
     return samples
 
 
+@pytest.mark.slow
 def test_healthz_follows_the_database_and_metrics_count_a_drop(
     stoppable_pg: StoppablePostgres, outage_dsn: str, workdir: Path, watchers: Watchers
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli, start_cli
 from tests.e2e.helpers import Watchers, wait_until
 from tests.erp import Erp, connection_string
@@ -46,6 +48,7 @@ def test_pull_from_an_unreachable_erp_exits_1_saying_why(dsn: str, workdir: Path
     assert 'database "gone_erp" does not exist' in lines[-2]
 
 
+@pytest.mark.slow
 def test_a_pull_killed_halfway_leaves_the_watermark_and_the_next_one_loads_every_row_once(
     dsn: str, workdir: Path, erp: Erp
 ) -> None:
@@ -80,6 +83,7 @@ def test_a_pull_killed_halfway_leaves_the_watermark_and_the_next_one_loads_every
     assert list(spool.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_watcher_loads_drops_while_the_erp_is_away_and_pulls_once_it_is_back(
     pg: Server, dsn: str, workdir: Path, erp_reader: str, watchers: Watchers
 ) -> None:

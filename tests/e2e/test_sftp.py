@@ -33,6 +33,8 @@ from tests.e2e.helpers import (
 )
 from tests.pg import fetch, fetchval
 
+pytestmark = pytest.mark.slow  # real uploads, kills and outages: seconds each
+
 ROWS = 1_250_000
 SIZE = 50_528_541  # bytes of meter_csv(ROWS)
 POWER_SUM = sum(i % 5000 for i in range(ROWS))

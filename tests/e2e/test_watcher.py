@@ -125,6 +125,7 @@ def write_slowly(path: Path, content: bytes, parts: int, gap: float, dsn: str) -
             os.fsync(handle.fileno())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("polling", "settle", "gap"),
     [
@@ -196,6 +197,7 @@ def test_a_stalled_upload_is_never_loaded_in_part(
     assert watcher.stop() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_a_part_file_is_loaded_once_after_the_rename_and_never_before(
     dsn: str, workdir: Path, watchers: Watchers, polling: bool
@@ -236,6 +238,7 @@ def test_a_signal_stops_an_idle_watcher_cleanly(
     assert "Traceback" not in watcher.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "delay"),
     [(signal.SIGTERM, 0.1), (signal.SIGINT, 0.1), (signal.SIGTERM, 0.5)],

@@ -7,6 +7,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.helpers import (
     Watchers,
     drop_atomically,
@@ -17,6 +19,8 @@ from tests.e2e.helpers import (
     waiting_files,
 )
 from tests.pg import fetch, fetchval
+
+pytestmark = pytest.mark.slow  # real uploads, kills and outages: seconds each
 
 FILES = 30
 STOPPED = re.compile(r"stopped watching: (\d+) loaded, (\d+) duplicates, (\d+) failed")

@@ -25,6 +25,8 @@ from tests.e2e.helpers import (
 )
 from tests.pg import fetch, fetchval
 
+pytestmark = pytest.mark.slow  # real uploads, kills and outages: seconds each
+
 LOADING_BIG = r"loading meter_readings_big\.csv \(#\d+\) as meter_readings"
 
 

@@ -227,6 +227,7 @@ def test_a_refused_job_is_failed_with_the_api_field_and_codes(
     ]
 
 
+@pytest.mark.slow
 def test_a_flaky_api_ends_with_everything_sent_once_and_the_waits_follow_the_backoff(
     dispatch_settings: Settings, dsn: str, api: DetrackStandin
 ) -> None:
@@ -344,6 +345,7 @@ def test_a_changed_shipment_with_an_unfinished_job_is_updated_not_created(
     assert [r.method for r in api.requests if "/dn/jobs/J0001" in r.path] == ["PUT"]
 
 
+@pytest.mark.slow
 def test_the_api_key_never_appears_in_logs_errors_or_exceptions(
     dispatch_settings: Settings, dsn: str, api: DetrackStandin, caplog: pytest.LogCaptureFixture
 ) -> None:
