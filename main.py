@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseUnavailable as exc:
-        log.error("%s; is DATABASE_URL right and the server up?", exc)
+        # A one-shot command does not wait for the server (the watcher does): it says so and
+        # exits 1, as for any work that could not be done this time.
+        hint = "" if exc.hint else ". Check that PostgreSQL is running and that DATABASE_URL points at it"
+        print(f"database unavailable: {exc}{hint}", file=sys.stderr)
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         return EXIT_SOME_FAILED
@@ -154,21 +157,31 @@ def _quiet_abandoned_cancel_requests(loop: asyncio.AbstractEventLoop, context: d
 
 async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRegistry) -> int:
     asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_cancel_requests)
+    if args.dry_run and not args.dispatch:
+        raise ConfigError("--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run")
+    one_shot = bool(
+        args.ingest
+        or args.demo
+        or args.pull
+        or args.status
+        or args.pipeline
+        or args.dispatch
+        or args.analysis
+    )
+    watch = args.watch is not None or not one_shot
     dsn = await asyncio.to_thread(resolve_dsn, settings)
-    await asyncio.to_thread(migrate, dsn, settings, registry)
+
+    async def prepare_database() -> None:
+        await asyncio.to_thread(migrate, dsn, settings, registry)
+
+    if one_shot:
+        await prepare_database()
     # Ingest workers, pipeline workers, the puller's lock and load, and the health probe.
     db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 4)
     try:
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
             ingest_paths.append(_prepare_demo(settings))
-        if args.dry_run and not args.dispatch:
-            raise ConfigError(
-                "--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run"
-            )
-        watch = args.watch is not None or not (
-            ingest_paths or args.pull or args.status or args.pipeline or args.dispatch or args.analysis
-        )
         code = EXIT_OK
         if args.pull:
             pulled = await run_pull(settings, registry, db)
@@ -201,6 +214,9 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
                 _stop_event(),
                 runner.after_load if runner else None,
                 puller,
+                # Only a watcher on its own waits for the server to answer at start; after
+                # one-shot stages the schema is in place already.
+                prepare=None if one_shot else prepare_database,
             )
             if runner is not None:
                 await runner.close()

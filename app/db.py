@@ -11,12 +11,14 @@ import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from app.errors import ConfigError, DatabaseUnavailable
+from app.errors import ConfigError, DatabaseUnavailable, LoadbayError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,12 @@ async def unless_connection_lost(conn: asyncpg.Connection, work: Awaitable[T]) -
             await asyncio.sleep(0)
 
 
+_PERCENT_ENCODE_HINT = (
+    "Percent-encode special characters in the user name and password of DATABASE_URL: @ as %40, "
+    ": as %3A, / as %2F (e.g. postgresql://user:p%40ss@host:5432/db)"
+)
+
+
 def asyncpg_dsn(url: str) -> str:
     """`postgresql+asyncpg://…` and friends → the plain `postgresql://…` asyncpg takes."""
     match = _DRIVER_SUFFIX.match(url)
@@ -117,7 +125,116 @@ def asyncpg_dsn(url: str) -> str:
             "postgresql+asyncpg:// is accepted)",
             hint="Fix DATABASE_URL in the environment or .env, or leave it empty for the embedded server",
         )
-    return "postgresql://" + url[match.end() :]
+    dsn = "postgresql://" + url[match.end() :]
+    _check_url_syntax(dsn)
+    return dsn
+
+
+def _check_url_syntax(dsn: str) -> None:
+    """Catch what a URL parser would silently misread. An unencoded @ in a password would
+    otherwise become part of the host name and fail as an unknown host, far from the cause."""
+    netloc = dsn[len("postgresql://") :].split("/", 1)[0].split("?", 1)[0]
+    if netloc.count("@") > 1:
+        raise ConfigError(
+            "DATABASE_URL has more than one @ before the host: its user name or password contains "
+            "an @ that is not percent-encoded",
+            hint=_PERCENT_ENCODE_HINT,
+        )
+    try:
+        _ = urlsplit(dsn).port
+    except ValueError:
+        raise ConfigError(
+            "DATABASE_URL has a port that is not a number (a : in the password that is not "
+            "percent-encoded reads as the start of a port)",
+            hint=_PERCENT_ENCODE_HINT,
+        ) from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where DATABASE_URL points, without its password: safe to print."""
+
+    user: str
+    server: str
+    database: str
+
+
+def target_of(dsn: str) -> Target:
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = parts.hostname or query.get("host", ["localhost"])[0]
+    try:
+        port = parts.port or int(query.get("port", ["5432"])[0])
+    except ValueError:
+        port = 5432
+    server = host if host.startswith("/") else f"{host}:{port}"  # a Unix socket has no port
+    user = unquote(parts.username or "") or query.get("user", [""])[0] or "(the default user)"
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0] or user
+    return Target(user, server, database)
+
+
+def _root_causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it: SQLAlchemy wraps asyncpg's error twice, and Alembic
+    runs SQLAlchemy."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def database_problem(exc: BaseException, dsn: str) -> LoadbayError | None:
+    """What a failure to reach, or log in to, the server means for the user: ConfigError when
+    DATABASE_URL (or the server's set-up for it) must change, DatabaseUnavailable when the server
+    is away and waiting will do, None when it is neither (a bug: let its traceback show).
+
+    The one place that turns connection and start-up errors into messages; none of them shows
+    the password.
+    """
+    where = target_of(dsn)
+    fix_url = "Fix DATABASE_URL in the environment or .env"
+    for cause in _root_causes(exc):
+        if isinstance(cause, LoadbayError):
+            return cause
+        if isinstance(cause, asyncpg.InvalidPasswordError):
+            return ConfigError(
+                f"DATABASE_URL: PostgreSQL at {where.server} refused the password of user {where.user!r}",
+                hint=f"Check the user name and password in DATABASE_URL. {_PERCENT_ENCODE_HINT}",
+            )
+        if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
+            return ConfigError(
+                f"DATABASE_URL: PostgreSQL at {where.server} refused user {where.user!r} "
+                f"({cause.args[0] if cause.args else cause.sqlstate})",
+                hint="Check the user and database in DATABASE_URL, and that the server's pg_hba.conf "
+                "lets this host log in",
+            )
+        if isinstance(cause, asyncpg.InvalidCatalogNameError):
+            return ConfigError(
+                f"DATABASE_URL: database {where.database!r} does not exist on {where.server}",
+                hint=f"Create it (e.g. createdb {where.database}) or fix the database name. {fix_url}",
+            )
+        if isinstance(cause, asyncpg.InsufficientPrivilegeError):
+            return ConfigError(
+                f"DATABASE_URL: user {where.user!r} may not create loadbay's schemas and tables in "
+                f"database {where.database!r}",
+                hint=f"Grant it, e.g. GRANT CREATE ON DATABASE {where.database} TO {where.user}, or "
+                "connect as the database's owner",
+            )
+        if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
+            # A name that does not resolve is a typo far more often than an outage; EAI_AGAIN is
+            # the resolver itself being away.
+            return ConfigError(
+                f"DATABASE_URL: the host name in {where.server} does not resolve ({cause.strerror})",
+                hint=f"Check the host in DATABASE_URL. {_PERCENT_ENCODE_HINT}",
+            )
+        if is_transient(cause):
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else type(cause).__name__
+            return DatabaseUnavailable(
+                f"PostgreSQL at {where.server} (DATABASE_URL) does not answer: {reason}",
+                hint="Check that the server is running and that the host and port in DATABASE_URL are right",
+            )
+    return None
 
 
 def start_embedded(data_dir: Path) -> str:
@@ -157,9 +274,10 @@ class Database:
                     self.dsn, min_size=0, max_size=self._max_size, command_timeout=None
                 )
             except Exception as exc:
-                if is_transient(exc):
-                    raise DatabaseUnavailable(f"PostgreSQL is not reachable ({type(exc).__name__})") from exc
-                raise
+                problem = database_problem(exc, self.dsn)
+                if problem is None:
+                    raise
+                raise problem from exc
         return self._pool
 
     @asynccontextmanager
@@ -168,9 +286,10 @@ class Database:
         try:
             conn = await pool.acquire(timeout=timeout)
         except Exception as exc:
-            if is_transient(exc):
-                raise DatabaseUnavailable(f"PostgreSQL is not reachable ({type(exc).__name__})") from exc
-            raise
+            problem = database_problem(exc, self.dsn)
+            if problem is None:
+                raise
+            raise problem from exc
         try:
             yield conn
         finally:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     epms_package_query: str = ""
 
     health_port: int = Field(8080, ge=0, le=65535)
+    # Loopback by default: the metrics are for this host's probes; a container sets 0.0.0.0 so
+    # that its published port reaches them.
+    health_host: str = "127.0.0.1"
 
     energy_noise_tolerance_kwh: float = Field(0.01, ge=0)
     energy_max_power_kw: float = Field(100.0, gt=0)

@@ -1,4 +1,4 @@
-"""Watch mode's `/healthz` and `/metrics` on HEALTH_PORT (Prometheus text format).
+"""Watch mode's `/healthz` and `/metrics` on HEALTH_HOST:HEALTH_PORT (Prometheus text format).
 
 `/healthz` answers 200 while the database answers and the watcher's loop is turning, 503
 otherwise, with the reason as JSON. The HTTP server runs in a thread; the watcher updates the
@@ -94,8 +94,9 @@ class Health:
             problems.append(self._folder_problem)
         return (503 if problems else 200), {"status": "unhealthy" if problems else "ok", "problems": problems}
 
-    def serve(self, port: int) -> ThreadingHTTPServer:
-        """Start serving on all interfaces (the container's port is published); returns the server."""
+    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
+        """Start serving on `host` (HEALTH_HOST: loopback unless a container publishes the port);
+        returns the server."""
         health = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,8 +119,8 @@ class Health:
             def log_message(self, format: str, *args: object) -> None:
                 return  # probes every few seconds would drown the log
 
-        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-        log.info("serving /healthz and /metrics on port %d", server.server_address[1])
+        log.info("serving /healthz and /metrics on %s port %d", host, server.server_address[1])
         return server

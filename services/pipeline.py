@@ -32,12 +32,53 @@ HALF_HOUR = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
+class UpsertStep:
+    """A step that upserts staging rows into a fact table, one current row per key."""
+
+    name: str
+    statement: str
+    table: str
+    key: str
+    fact: str
+
+
+UPSERT_STEPS = (
+    UpsertStep("shipments", "pipeline/shipments.sql", "shipments", "shipment_number", "fact_shipment"),
+    UpsertStep("packages", "pipeline/packages.sql", "packages", "package_id", "fact_package"),
+)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Rows of one file that an upsert step did not apply, by reason (see sql/pipeline/left_out.sql)."""
+
+    file_id: int
+    without_key: int
+    superseded: int
+    older: int
+
+    @property
+    def rows(self) -> int:
+        return self.without_key + self.superseded + self.older
+
+
+def describe_left_out(key: str, without_key: int, superseded: int, older: int) -> str:
+    reasons = [
+        (without_key, f"without {key}"),
+        (superseded, "superseded by a later version"),
+        (older, "older than the warehouse's version"),
+    ]
+    return ", ".join(f"{count} {reason}" for count, reason in reasons if count)
+
+
+@dataclass(frozen=True)
 class StepResult:
     step: str
     files: int
     rows: int
     seconds: float
     detail: str = ""
+    left_out: int = 0
 
 
 @dataclass
@@ -57,8 +98,8 @@ async def run_pipeline(settings: Settings, db: Database) -> PipelineResult:
     async with db.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", PIPELINE_LOCK_KEY)
         try:
-            result.steps.append(await _upsert_step(conn, settings, "shipments", "pipeline/shipments.sql"))
-            result.steps.append(await _upsert_step(conn, settings, "packages", "pipeline/packages.sql"))
+            for step in UPSERT_STEPS:
+                result.steps.append(await _upsert_step(conn, settings, step))
             energy_step, result.energy = await _energy_step(conn, settings, db)
             result.steps.append(energy_step)
         finally:
@@ -92,19 +133,62 @@ async def _mark_done(conn: asyncpg.Connection, settings: Settings, step: str, fi
     )
 
 
-async def _upsert_step(conn: asyncpg.Connection, settings: Settings, step: str, statement: str) -> StepResult:
+async def _upsert_step(conn: asyncpg.Connection, settings: Settings, step: UpsertStep) -> StepResult:
     started = time.monotonic()
-    files = await _pending(conn, settings, step, [step])
+    files = await _pending(conn, settings, step.name, [step.name])
     rows = 0
+    left_out: list[LeftOut] = []
     if files:
         async with conn.transaction():
-            status = await conn.execute(sql(statement, settings), files)
+            left_out = await _left_out(conn, settings, step, files)
+            status = await conn.execute(sql(step.statement, settings), files)
             rows = int(status.split()[-1])
-            await _mark_done(conn, settings, step, files)
+            await _record_left_out(conn, step, left_out)
+            await _mark_done(conn, settings, step.name, files)
     detail = "nothing new" if not files else f"{rows} rows inserted or changed"
-    outcome = StepResult(step, len(files), rows, time.monotonic() - started, detail)
-    log.info("pipeline %s: %d new files, %s (%.2f s)", step, len(files), detail, outcome.seconds)
+    if left_out:
+        detail += "; left out: " + describe_left_out(
+            step.key,
+            sum(x.without_key for x in left_out),
+            sum(x.superseded for x in left_out),
+            sum(x.older for x in left_out),
+        )
+    outcome = StepResult(
+        step.name, len(files), rows, time.monotonic() - started, detail, sum(x.rows for x in left_out)
+    )
+    log.info("pipeline %s: %d new files, %s (%.2f s)", step.name, len(files), detail, outcome.seconds)
     return outcome
+
+
+async def _left_out(
+    conn: asyncpg.Connection, settings: Settings, step: UpsertStep, files: list[int]
+) -> list[LeftOut]:
+    statement = (
+        sql("pipeline/left_out.sql", settings)
+        .replace("{table}", quote_ident(step.table))
+        .replace("{key}", quote_ident(step.key))
+        .replace("{fact}", quote_ident(step.fact))
+    )
+    return [LeftOut(**dict(r)) for r in await conn.fetch(statement, files)]
+
+
+async def _record_left_out(conn: asyncpg.Connection, step: UpsertStep, left_out: list[LeftOut]) -> None:
+    """One ingest.error_log row per file with rows left out: counts and ids, no row content."""
+    for x in left_out:
+        reasons = describe_left_out(step.key, x.without_key, x.superseded, x.older)
+        await ledger.log_error(
+            conn,
+            "pipeline",
+            f"{step.name}: {x.rows} rows of file {x.file_id} not applied to the warehouse: {reasons}",
+            {
+                "step": step.name,
+                "key": step.key,
+                "without_key": x.without_key,
+                "superseded": x.superseded,
+                "older": x.older,
+            },
+            file_id=x.file_id,
+        )
 
 
 async def _energy_step(

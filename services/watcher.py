@@ -495,19 +495,55 @@ async def run_watcher(
     stop: asyncio.Event,
     on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
     puller: Puller | None = None,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> WatchResult:
+    """Watch `folder` until `stop` is set. `prepare` (the migrations) is tried first, and again
+    with backoff for as long as PostgreSQL does not answer; /healthz says 503 meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
     health = Health() if settings.health_port else None
     server = None
     if health is not None:
         try:
-            server = health.serve(settings.health_port)
+            server = health.serve(settings.health_host, settings.health_port)
         except OSError as exc:  # e.g. a second watcher on this host: it still loads files
-            log.warning("/healthz and /metrics not served: port %d: %s", settings.health_port, exc.strerror)
+            log.warning(
+                "/healthz and /metrics not served: %s port %d: %s",
+                settings.health_host,
+                settings.health_port,
+                exc.strerror,
+            )
     try:
+        if prepare is not None and not await _wait_for_database(prepare, stop, health):
+            log.info("stopped before PostgreSQL answered; nothing was loaded")
+            return WatchResult()
         watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health, puller)
         return await watcher.run(stop)
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+async def _wait_for_database(
+    prepare: Callable[[], Awaitable[None]], stop: asyncio.Event, health: Health | None
+) -> bool:
+    """Run `prepare` until it succeeds (True) or `stop` is set (False), waiting 1 s, then twice as
+    long each time up to MAX_BACKOFF_SECONDS, while the server is away. A ConfigError (a wrong
+    password, no such database) is not waited out: it propagates and the process exits 2."""
+    delay = 1.0
+    while True:
+        try:
+            await prepare()
+            return True
+        except DatabaseUnavailable as exc:
+            log.warning("%s; waiting for it, next try in %.0f s", exc.message, delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if health is not None:
+                health.beat()  # waiting is what the loop should do now: not a stall
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=min(left, PROBE_EVERY_S))
+                return False
+            except TimeoutError:
+                pass
+        delay = min(MAX_BACKOFF_SECONDS, delay * 2)

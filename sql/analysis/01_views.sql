@@ -1,14 +1,6 @@
 -- Analysis views: created or replaced on every --analysis run, safe while the watcher runs.
--- {warehouse} and {staging} are the configured schema names; analysis.parameters holds the
--- settings the views need (refreshed by the same run).
-
-CREATE SCHEMA IF NOT EXISTS analysis;
-
-CREATE TABLE IF NOT EXISTS analysis.parameters (
-    id             boolean PRIMARY KEY DEFAULT true CHECK (id),
-    ship_via       text[] NOT NULL,
-    settlement_tz  text NOT NULL
-);
+-- {warehouse} and {staging} are the configured schema names; analysis.parameters (created by
+-- migration 0006 with the schema) holds the settings the views need, refreshed by the same run.
 
 CREATE OR REPLACE VIEW analysis.shipments_daily AS
 SELECT s.scheduled_ship_date AS day,

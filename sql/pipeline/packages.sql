@@ -1,6 +1,6 @@
 -- Packages: one current row per package_id, the most recently ingested version winning.
--- $1: the ledger ids of the files to apply. Rows without a package_id cannot be keyed and are
--- counted by the pipeline instead (see services/pipeline.py).
+-- $1: the ledger ids of the files to apply. Rows without a package_id cannot be keyed: they are
+-- left out, counted in the step's summary and in ingest.error_log (see left_out.sql).
 INSERT INTO {warehouse}.fact_package AS f (
     package_id, shipment_number, job_number, total_qty_shipped, description,
     source_file_id, source_record_no, content_hash

@@ -1,6 +1,7 @@
 -- Shipments: one current row per shipment_number; the most recently ingested version wins
 -- (ledger order: file id, then record number). $1: the ledger ids of the files to apply.
 -- Delivery state written back from DeTrack (delivered, delivered_at) is never overwritten.
+-- The versions left out (superseded, or older than the warehouse's) are counted by left_out.sql.
 INSERT INTO {warehouse}.fact_shipment AS f (
     shipment_number, job_number, ship_name, ship_address1, ship_address2, ship_address3, ship_city,
     ship_state, ship_zip, ship_country, ship_contact, instructions, ship_phone, email, ship_via,

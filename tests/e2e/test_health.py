@@ -7,6 +7,7 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,7 +55,7 @@ def test_healthz_follows_the_database_and_metrics_count_a_drop(
 ) -> None:
     dsn, imports, port = outage_dsn, workdir / "imports", free_port()
     watcher = watchers.start(dsn, workdir, HEALTH_PORT=str(port))
-    assert f"serving /healthz and /metrics on port {port}" in watcher.output
+    assert f"serving /healthz and /metrics on 127.0.0.1 port {port}" in watcher.output
 
     # healthy once the first probe has reached the database (at once after start-up)
     wait_until(lambda: healthz(port) == (200, OK), 15, "/healthz 200")
@@ -140,4 +141,31 @@ def test_a_file_held_open_by_its_writer_is_counted_as_waiting_until_it_is_closed
         writer.write(content[1000:])
     wait_until(lambda: ledger(dsn) == [("meter_held.csv", "loaded", ROWS, 0)], 30, "the file loaded")
     wait_until(lambda: metrics(port).get('loadbay_files_waiting{reason="writer_open"}') == 0.0, 10, "gauge 0")
+
+
+def listening_on(pid: int, port: int) -> list[str]:
+    """The local addresses process `pid` listens on at TCP `port`."""
+    return [
+        c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+
+
+def test_health_binds_loopback_by_default(dsn: str, workdir: Path, watchers: Watchers) -> None:
+    port = free_port()
+    watcher = watchers.start(dsn, workdir, HEALTH_PORT=str(port))
+
+    assert f"serving /healthz and /metrics on 127.0.0.1 port {port}" in watcher.output
+    assert listening_on(watcher.pid, port) == ["127.0.0.1"]
+    assert watcher.stop() == 0
+
+
+def test_health_host_sets_the_address(dsn: str, workdir: Path, watchers: Watchers) -> None:
+    port = free_port()
+    watcher = watchers.start(dsn, workdir, HEALTH_PORT=str(port), HEALTH_HOST="0.0.0.0")
+
+    assert f"serving /healthz and /metrics on 0.0.0.0 port {port}" in watcher.output
+    assert listening_on(watcher.pid, port) == ["0.0.0.0"]
+    wait_until(lambda: healthz(port) == (200, OK), 15, "/healthz 200")
     assert watcher.stop() == 0

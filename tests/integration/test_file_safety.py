@@ -254,6 +254,7 @@ def test_a_file_name_with_bytes_that_are_not_utf8_loads_under_an_escaped_name(
         (OSError("Multiple exceptions: [Errno 111] Connect call failed"), True),
         (socket.gaierror(-3, "Temporary failure in name resolution"), True),
         (TimeoutError(), True),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"), True),  # the server's socket
         (PermissionError(errno.EACCES, "Permission denied", "imports/x.csv"), False),
         (OSError(errno.ENOSPC, "No space left on device", "imports/processed/x.csv"), False),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "imports/x.csv"), False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,68 @@ def _fresh(folder: Path) -> Path:
     for name in ("imports", "exports", "logs"):
         (folder / name).mkdir(parents=True)
     return folder
+
+
+def error_log(dsn: str) -> list[tuple[Any, ...]]:
+    rows = fetch(dsn, "SELECT component, message, detail, file_id FROM ingest.error_log ORDER BY id")
+    return [(r["component"], r["message"], json.loads(r["detail"]), r["file_id"]) for r in rows]
+
+
+def test_packages_without_package_id_are_counted_in_the_summary_and_the_error_log(
+    settings: Settings, dsn: str
+) -> None:
+    header = "PackageID,ShipmentNumber,JobNumber,TotalQtyShipped\n"
+    body = "P1,S1,J1,3\n,S1,J1,4\nP2,S1,J1,1\n,S2,J2,5\nP1,S1,J1,6\n"
+    loaded = ingest(settings, drop(settings.imports_dir, "packages_gaps.csv", header + body))
+    assert loaded.outcomes[0].status == "loaded"
+    file_id = fetch(dsn, "SELECT id FROM ingest.files")[0]["id"]
+
+    result = pipeline(settings)
+
+    packages = next(s for s in result.steps if s.step == "packages")
+    assert (packages.files, packages.rows, packages.detail) == (
+        1,
+        2,
+        "2 rows inserted or changed; left out: 2 without package_id, 1 superseded by a later version",
+    )
+    assert "packages       1         2" in result.summary()
+    facts = fetch(dsn, "SELECT package_id, total_qty_shipped FROM warehouse.fact_package ORDER BY 1")
+    assert [tuple(r) for r in facts] == [("P1", 6), ("P2", 1)]
+    assert error_log(dsn) == [
+        (
+            "pipeline",
+            f"packages: 3 rows of file {file_id} not applied to the warehouse: 2 without package_id, "
+            "1 superseded by a later version",
+            {"step": "packages", "key": "package_id", "without_key": 2, "superseded": 1, "older": 0},
+            file_id,
+        )
+    ]
+    # applied once: a second run neither counts nor logs them again
+    again = next(s for s in pipeline(settings).steps if s.step == "packages")
+    assert (again.files, again.rows, again.detail) == (0, 0, "nothing new")
+    assert len(error_log(dsn)) == 1
+
+
+def test_a_file_older_than_the_warehouse_version_is_counted_and_logged(settings: Settings, dsn: str) -> None:
+    header = "JobNumber,ShipmentNumber,ShipCity\n"
+    ingest(settings, drop(settings.imports_dir, "shipments_old.csv", header + "J1,S1,Leeds\nJ2,S2,Hull\n"))
+    ingest(settings, drop(settings.imports_dir, "shipments_new.csv", header + "J1,S1,York\n"))
+    older, newer = (r["id"] for r in fetch(dsn, "SELECT id FROM ingest.files ORDER BY id"))
+    run(_apply_only(settings, newer))  # as if the older file had committed late
+
+    shipments = next(s for s in pipeline(settings).steps if s.step == "shipments")
+
+    assert (shipments.files, shipments.rows, shipments.detail) == (
+        1,
+        1,
+        "1 rows inserted or changed; left out: 1 older than the warehouse's version",
+    )
+    assert error_log(dsn) == [
+        (
+            "pipeline",
+            f"shipments: 1 rows of file {older} not applied to the warehouse: 1 older than the "
+            "warehouse's version",
+            {"step": "shipments", "key": "shipment_number", "without_key": 0, "superseded": 0, "older": 1},
+            older,
+        )
+    ]

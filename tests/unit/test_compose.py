@@ -18,6 +18,7 @@ import pytest
 from ruamel.yaml import YAML  # check-jsonschema's YAML reader (PyYAML is not installed)
 
 from app.db import asyncpg_dsn
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -213,6 +214,12 @@ def test_app_mounts_imports_exports_and_logs_where_it_reads_and_writes_them(comp
     for folder in ("imports", "exports", "logs"):
         used = env.get(f"{folder.upper()}_DIR", folder)
         assert str(Path(workdir) / used) == f"/app/{folder}"
+
+
+def test_app_serves_health_on_all_interfaces_inside_the_container(compose: dict[str, Any]) -> None:
+    # The app's own default is loopback, which a published port cannot reach.
+    assert environment(compose["services"]["app"])["HEALTH_HOST"] == "0.0.0.0"
+    assert Settings(_env_file=None).health_host == "127.0.0.1"
 
 
 def test_app_is_health_checked_on_healthz_at_its_health_port(compose: dict[str, Any]) -> None:

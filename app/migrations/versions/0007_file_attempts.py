@@ -2,15 +2,15 @@
 of them the file fails instead of being retried forever. Kept in PostgreSQL so that restarts and
 every replica count together.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-04
 """
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,61 @@
+"""Alembic migrations: every table is created by them, and they run on databases migrated by an
+older loadbay, including ones where `--analysis` created `analysis.parameters` itself."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+
+from app.migrate import MIGRATIONS_DIR, migrate
+from app.settings import Settings
+from models.datasets import DatasetRegistry
+from tests.pg import Server, execute, fetch, fetchval
+
+PARAMETERS_COLUMNS = [("id", "boolean"), ("ship_via", "ARRAY"), ("settlement_tz", "text")]
+
+
+def columns(dsn: str, schema: str, table: str) -> list[tuple[str, str]]:
+    rows = fetch(
+        dsn,
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+        schema,
+        table,
+    )
+    return [(r["column_name"], r["data_type"]) for r in rows]
+
+
+def upgrade_to(dsn: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes.update(
+        dsn=dsn, settings=Settings(_env_file=None), registry=DatasetRegistry.from_toml({})
+    )
+    command.upgrade(config, revision)
+
+
+def test_analysis_parameters_comes_from_a_migration(dsn: str) -> None:
+    # the test database is migrated and nothing has run --analysis on it
+    assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0007"
+    assert columns(dsn, "analysis", "parameters") == PARAMETERS_COLUMNS
+    assert fetchval(dsn, "SELECT count(*) FROM analysis.parameters") == 0
+
+
+def test_a_database_where_analysis_created_the_table_migrates(pg: Server) -> None:
+    with pg.database() as dsn:
+        upgrade_to(dsn, "0005")
+        # what --analysis did before 0006, with a row in it
+        execute(
+            dsn,
+            "CREATE SCHEMA IF NOT EXISTS analysis; CREATE TABLE IF NOT EXISTS analysis.parameters ("
+            "id boolean PRIMARY KEY DEFAULT true CHECK (id), ship_via text[] NOT NULL, "
+            "settlement_tz text NOT NULL); INSERT INTO analysis.parameters VALUES (true, '{10005}', 'UTC')",
+        )
+
+        migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))
+        migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))  # and again: nothing to do
+
+        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0007"
+        assert columns(dsn, "analysis", "parameters") == PARAMETERS_COLUMNS
+        rows = fetch(dsn, "SELECT ship_via, settlement_tz FROM analysis.parameters")
+        assert [tuple(r) for r in rows] == [(["10005"], "UTC")]
