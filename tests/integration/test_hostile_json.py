@@ -50,7 +50,6 @@ def _ingest_measured(dsn: str, workdir: Path, path: Path) -> float:
 # --- through the CLI, measured: the reported files ------------------------------------------------
 
 
-@pytest.mark.slow
 def test_100k_deep_array_file_fails_in_bounded_memory(settings: Settings, dsn: str, workdir: Path) -> None:
     content = _nested_arrays(DEEP).encode()
     path = drop(settings.imports_dir, "meter_deep.json", content)
@@ -70,7 +69,6 @@ def test_100k_deep_array_file_fails_in_bounded_memory(settings: Settings, dsn: s
     )
 
 
-@pytest.mark.slow
 def test_100k_deep_object_file_fails_in_bounded_memory(settings: Settings, dsn: str, workdir: Path) -> None:
     content = ('{"a":' * DEEP + "1" + "}" * DEEP).encode()
     path = drop(settings.imports_dir, "meter_deep_object.json", content)
@@ -89,7 +87,6 @@ def test_100k_deep_object_file_fails_in_bounded_memory(settings: Settings, dsn: 
     )
 
 
-@pytest.mark.slow
 def test_100k_deep_ndjson_line_is_one_rejected_row_and_the_rest_loads(
     settings: Settings, dsn: str, workdir: Path
 ) -> None:
