@@ -7,6 +7,10 @@ of objects that the dataset declares as a child becomes rows of the child datase
 `Packages` become `packages` rows, inheriting JobNumber and ShipmentNumber); other arrays are kept
 as JSON text. Numbers keep every digit; `false`, `0` and `""` keep their meaning. Fields the
 dataset does not know go to `_extra` and are listed in the ledger's warnings.
+
+Nesting deeper than MAX_JSON_DEPTH is refused on the raw bytes before ijson or json sees it (see
+json_nesting): in a `.json` file it fails the file, on an NDJSON line it rejects that line. So
+every record that reaches `flatten`, `plain` or `json_text` nests at most that deep.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from app.errors import MalformedFile
 from models.datasets import ChildSpec, DatasetRegistry, normalise_header
 from services.ingest import ledger
 from services.ingest.files import FileFormat
+from services.ingest.json_nesting import MAX_JSON_DEPTH, NestingCounter, first_offset_too_deep
 from services.ingest.rows import (
     Chunk,
     LoadStats,
@@ -44,13 +49,18 @@ from services.ingest.source import Stream, decode_line, numbered_lines
 WRAPPER_KEYS = ("data", "records", "items", "results")
 MAX_NDJSON_LINE = 16 << 20
 _HINT = "Check that the file is complete (not cut off) and is JSON; a CSV file must be named .csv"
+_TOO_DEEP = f"nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+_DEEP_HINT = (
+    f"loadbay reads at most {MAX_JSON_DEPTH} levels of arrays and objects inside each other; "
+    "check the program that wrote the file"
+)
 
 
 class JsonSource:
     """The records of a JSON or NDJSON stream, with their record and line numbers."""
 
     def __init__(self, stream: Stream, fmt: FileFormat, label: str) -> None:
-        self.stream = _Tail(stream)
+        self.stream = _Tail(stream, label)
         self.kind = fmt.kind
         self.label = label
         self.line_no: int | None = None
@@ -78,7 +88,7 @@ class JsonSource:
 
     def _object_prefix(self) -> str:
         """`data.item` (etc.) for a wrapper object, or "" when the object is itself the record."""
-        probe = _Tail(self.stream.reopen())
+        probe = _Tail(self.stream.reopen(), self.label)
         depth = 0
         key = None
         for prefix, event, value in ijson.parse(probe, buf_size=65536):
@@ -102,6 +112,11 @@ class JsonSource:
             if not text.strip():
                 continue
             text = text.rstrip("\r\n")
+            too_deep = first_offset_too_deep(raw)
+            if too_deep is not None:
+                column = len(raw[:too_deep].decode("utf-8-sig", errors="replace")) + 1
+                yield _BadLine(text, f"the line {_TOO_DEEP} (at column {column})")
+                continue
             try:
                 yield _DECODER.decode(text)
             except json.JSONDecodeError as exc:
@@ -122,13 +137,16 @@ class _BadLine:
 
 
 class _Tail:
-    """A stream reader that remembers the last bytes it handed out, to place a parse error."""
+    """A stream reader that remembers the last bytes it handed out, to place a parse error, and
+    refuses to hand out JSON that nests too deep for the parser."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, label: str) -> None:
         self._stream = stream
+        self._label = label
         self.consumed = 0
         self._tail = b""
         self._started = False
+        self._nesting = NestingCounter()
 
     def reopen(self) -> Stream:
         return self._stream.reopen()
@@ -138,6 +156,13 @@ class _Tail:
         if not self._started:
             self._started = True
             data = data.removeprefix(b"\xef\xbb\xbf")
+        too_deep = self._nesting.feed(data)
+        if too_deep is not None:
+            raise MalformedFile(
+                f"the JSON {_TOO_DEEP} at byte {self.consumed + too_deep}",
+                hint=_DEEP_HINT,
+                file_name=self._label,
+            )
         self.consumed += len(data)
         self._tail = (self._tail + data)[-(2 * 65536) :]
         return data
@@ -169,15 +194,24 @@ class _Tail:
         return self.consumed
 
 
-def flatten(record: dict[str, object], prefix: str = "") -> dict[str, object]:
+def flatten(record: dict[str, object], prefix: str = "", depth: int = 1) -> dict[str, object]:
+    """Nested objects as `parent__child` fields; arrays stay values."""
+    _within_limit(depth)
     flat: dict[str, object] = {}
     for key, value in record.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}__"))
+            flat.update(flatten(value, f"{name}__", depth + 1))
         else:
             flat[name] = value
     return flat
+
+
+def _within_limit(depth: int) -> None:
+    # Records from JsonSource never get here too deep; this bounds the recursive walks for any
+    # other caller, before Python's own recursion limit would.
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedFile(f"a record {_TOO_DEEP}", hint=_DEEP_HINT)
 
 
 class Number(str):
@@ -200,14 +234,16 @@ def as_text(value: object) -> str | None:
     return json_text(plain(value))
 
 
-def plain(value: object) -> object:
+def plain(value: object, depth: int = 1) -> object:
     """`Number` strings back to numbers, so that `_extra` and JSON text keep them numeric."""
     if isinstance(value, Number):
         return Decimal(value)
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        _within_limit(depth)
+        return {k: plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [plain(v) for v in value]
+        _within_limit(depth)
+        return [plain(v, depth + 1) for v in value]
     return value
 
 
