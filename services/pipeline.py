@@ -173,8 +173,12 @@ async def _left_out(
 
 
 async def _record_left_out(conn: asyncpg.Connection, step: UpsertStep, left_out: list[LeftOut]) -> None:
-    """One ingest.error_log row per file with rows left out: counts and ids, no row content."""
+    """One ingest.error_log row per file with rows lost to the warehouse (no key, or older than
+    what it holds): counts and ids, no row content. A version superseded by a later one of the same
+    run is routine, so it is counted in the summary line only."""
     for x in left_out:
+        if not (x.without_key or x.older):
+            continue
         reasons = describe_left_out(step.key, x.without_key, x.superseded, x.older)
         await ledger.log_error(
             conn,
