@@ -46,6 +46,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
+from app.backoff import Doubling
 from app.db import Database, is_transient
 from app.errors import (
     DatabaseUnavailable,
@@ -163,7 +164,7 @@ class Watcher:
         self.in_flight: set[Path] = set()
         self.queue: asyncio.Queue[tuple[Path, datetime]] = asyncio.Queue()
         self.result = WatchResult()
-        self._backoff: dict[Path, float] = {}
+        self._backoff: dict[Path, Doubling] = {}
         # Files tried and left in the folder, and why (a WAIT_REASONS value).
         self.waiting: dict[Path, str] = {}
         self._ignored: set[Path] = set()
@@ -287,8 +288,7 @@ class Watcher:
         """The file stays in the folder and is tried again later; say why, once per reason."""
         reason = wait_reason(exc)
         name = display_name(path.name)
-        delay = min(MAX_BACKOFF_SECONDS, self._backoff.get(path, 0.5) * 2)
-        self._backoff[path] = delay
+        delay = self._backoff.setdefault(path, Doubling(longest=MAX_BACKOFF_SECONDS)).next()
         first = self.waiting.get(path) != reason
         self.waiting[path] = reason
         if reason == "writer_open" and self._track_writers:

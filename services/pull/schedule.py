@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.backoff import Doubling
+
 FIRST_WAIT_S = 1.0
 
 
@@ -11,11 +13,9 @@ class PullSchedule:
 
     def __init__(self, longest: float) -> None:
         self.longest = longest
-        self._wait = min(FIRST_WAIT_S, longest)
+        self._wait = Doubling(first=FIRST_WAIT_S, longest=longest)
 
     def next_wait(self, rows_arrived: bool) -> float:
         if rows_arrived:
-            self._wait = min(FIRST_WAIT_S, self.longest)
-        wait = self._wait
-        self._wait = min(self._wait * 2, self.longest)
-        return wait
+            self._wait.reset()
+        return self._wait.next()

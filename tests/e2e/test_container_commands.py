@@ -314,3 +314,39 @@ def test_the_image_command_runs_the_watcher_as_a_non_root_user(
     )
     assert "Traceback" not in watcher.output and "Permission denied" not in watcher.output
     assert watcher.output.rstrip().endswith("stopped watching: 2 loaded, 0 duplicates, 0 failed")
+
+
+def test_a_file_the_app_may_not_read_waits_with_a_reason(
+    container_user: ContainerUser, can_run_the_project: None, dsn: str, tcp_dsn: str
+) -> None:
+    """Mode 000 (an uploader's umask): not an outage, not a silent skip; it waits and says why."""
+    user = container_user
+    imports = user.home / "imports"
+    drop(imports, "meter_locked.csv", meter_csv(5, meters=1), (0, 0))
+    os.chmod(imports / "meter_locked.csv", 0)
+    env = image_env(
+        user,
+        DATABASE_URL=tcp_dsn,
+        IMPORTS_DIR=str(imports),
+        EXPORTS_DIR=str(user.home / "exports"),
+        LOGS_DIR=str(user.home / "logs"),
+        DATASETS_FILE=str(user.home / "datasets.toml"),
+        LOG_FORMAT="text",
+    )
+    done = subprocess.run(
+        user.runuser("env", "-i", *env, "python", "main.py", "--ingest", str(imports)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "could not load meter_locked.csv, it stays in place: meter_locked.csv cannot be read: "
+        "Permission denied. Let loadbay's user read it (chmod a+r, or the uploader's umask); it waits "
+        "in imports/"
+    ) in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "PostgreSQL" not in done.stdout
+    assert ledger(dsn) == []
+    assert waiting_files(imports) == ["meter_locked.csv"]
