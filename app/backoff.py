@@ -17,7 +17,7 @@ def doubling(attempt: int, *, longest: float, first: float = 1.0, jitter: float 
     if attempt < 1:
         return 0.0
     # min() before the power would overflow: 2 ** 10_000 is fine for ints, not for floats.
-    wait = min(longest, first * 2 ** min(attempt - 1, 64))
+    wait: float = min(longest, first * 2.0 ** min(attempt - 1, 64))
     return wait + (random.uniform(0, jitter) if jitter else 0.0)
 
 
