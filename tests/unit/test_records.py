@@ -121,7 +121,7 @@ def test_a_quote_open_for_too_many_lines_is_given_up_early(
 ) -> None:
     monkeypatch.setattr(csv_load, "MAX_RECORD_LINES", 3)
     # Without the limit, the quote on line 7 would close the one opened on line 2.
-    _, reader = open_csv(b'a,b\n1,"open\n2,x\n3,y\n4,z\n5,w\n6,close"\n')
+    _, reader = open_csv(b'a,b\n1,"open\n2,x\n3,y\n4,z\n5,w\n6,"close\n')
 
     assert records(reader) == [
         ([], 2, 2, True),
