@@ -195,7 +195,7 @@ def assert_stopped_early(dsn: str, total: int) -> None:
     [(status, loaded, rejected, error)] = ledger(dsn)
     assert (status, loaded, rejected) == ("failed", 0, 0)
     match = re.fullmatch(
-        r"(\d+) of the first \1 rows are bad \(100\.0%, above the 10\.0% allowed\)\. (.*)", error
+        r"(\d+) of the first \1 rows are bad \(100\.0%, above the 10\.0% allowed\)\. (.*)", str(error)
     )
     assert match, error
     assert int(match[1]) % 20_000 == 0 and int(match[1]) <= total // 4, error
