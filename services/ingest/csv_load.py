@@ -211,29 +211,52 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
 
 
 def whole_lines(stream: Stream, label: str) -> Iterator[bytes]:
-    """The stream in blocks of whole lines, checked on the way as cheaply as bytes allow: no line
+    """The stream's blocks as they are, checked on the way as cheaply as bytes allow: no line
     longer than MAX_LINE_BYTES reaches the server, and no quote that COPY would read otherwise
     than the csv module (`QuotesCopyReadsDifferently`)."""
-    tail, line_no, inside = b"", 1, False  # the header is line 1
+    offset, since_newline = 0, 0  # bytes after the header read so far; bytes of the line open
+    inside, partial = False, b""  # at the last newline: a quoted field open?; the bytes after it
     while data := stream.read(READ_SIZE):
-        block = tail + data if tail else data
-        first = block.find(b"\n")
+        first, last = data.find(b"\n"), data.rfind(b"\n")
         # Lines after the first end inside `data` (at most READ_SIZE = MAX_LINE_BYTES bytes).
-        if first >= MAX_LINE_BYTES or (first < 0 and len(block) > MAX_LINE_BYTES):
-            raise line_too_long(line_no + 1, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
-        cut = block.rfind(b"\n") + 1
-        piece, tail = block[:cut], block[cut:]
-        if b'"' in piece:
-            inside, same = scan_quotes(piece, inside)
-            if not same:
-                raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
-        if piece:
-            line_no += piece.count(b"\n")
-            yield piece
-    if tail:
-        if b'"' in tail and not scan_quotes(tail, inside)[1]:
-            raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
-        yield tail
+        if since_newline + (len(data) if first < 0 else first) >= MAX_LINE_BYTES + (first < 0):
+            line_no = _line_number(stream.reopen(), offset - since_newline, label)
+            raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
+        since_newline = since_newline + len(data) if first < 0 else len(data) - last - 1
+        offset += len(data)
+        if b'"' in data or b'"' in partial:
+            # Scanned from the start of the line the block began in, up to its last newline.
+            text = partial + data[: last + 1]
+            if last >= 0:
+                inside = _same_as_copy(text, inside)
+                partial = data[last + 1 :]
+            else:
+                partial = text
+        elif last >= 0:
+            partial = data[last + 1 :]
+        else:
+            partial += data
+        yield data
+    if b'"' in partial:
+        _same_as_copy(partial, inside)
+
+
+def _line_number(stream: Stream, offset: int, label: str) -> int:
+    """The number of the line that starts `offset` bytes after the header (only for a message:
+    counting lines on the way would slow down every clean file)."""
+    read_header(stream, "latin-1", label)
+    line_no = 2
+    while offset > 0 and (data := stream.read(min(READ_SIZE, offset))):
+        line_no += data.count(b"\n")
+        offset -= len(data)
+    return line_no
+
+
+def _same_as_copy(text: bytes, inside: bool) -> bool:
+    still_open, same = scan_quotes(text, inside)
+    if not same:
+        raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
+    return still_open
 
 
 class RecordReader:

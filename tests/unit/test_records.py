@@ -431,21 +431,27 @@ def test_whole_lines_refuses_a_long_line_and_a_quote_copy_reads_otherwise(tmp_pa
         fd = os.open(path, os.O_RDONLY)
         try:
             stream = Stream(fd, len(content), path.name, FileFormat("csv", gzip=False))
+            read_header(stream, "utf-8", "f.csv")
             return list(csv_load.whole_lines(stream, "f.csv"))
         finally:
             os.close(fd)
 
-    good = b'1,"a\nb"\n' + b"2,x\n" * (1 << 19) + b"3,y"
-    assert b"".join(pieces(good)) == good
-    assert all(p.endswith(b"\n") for p in pieces(good)[:-1])
+    good = b'1,"a\nb"\n' + b'2,"x ""y"""\n' * (1 << 18) + b"3,y"
+    assert b"".join(pieces(b"a,b\n" + good)) == good
     with pytest.raises(MalformedFile) as long_line:
-        pieces(b"1,x\n2,x\n" + b"y" * (1 << 20) + b"\n")
+        pieces(b"a,b\n1,x\n2,x\n" + b"y" * (1 << 20) + b"\n")
     assert (str(long_line.value), long_line.value.line_no) == (
         "line 4 is longer than 1 MiB. Check that the file is a CSV file with one record a line",
         4,
     )
     with pytest.raises(csv_load.QuotesCopyReadsDifferently):
-        pieces(b'1,x\n2,12" pipe\n')
+        pieces(b'a,b\n1,x\n2,12" pipe\n')
+    # A quote at the end of a block is read with the rest of its line, in the next block.
+    filler = b"1,x\n" * 262_141 + b"1,xxxx\n"
+    assert len(filler) + len(b'2,12"') == 1 << 20
+    split = b"a,b\n" + filler + b'2,12" pipe\n'
+    with pytest.raises(csv_load.QuotesCopyReadsDifferently):
+        pieces(split)
 
 
 def test_repeated_and_empty_unknown_header_names_get_their_own_keys() -> None:
