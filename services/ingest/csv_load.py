@@ -190,7 +190,7 @@ class QuotesCopyReadsDifferently(asyncpg.DataError):  # type: ignore[misc]
 async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
     """COPY the rest of the stream (the header is consumed) straight into the staging table."""
     columns = [c.column for _, c in header.mapped()]
-    pieces = whole_lines(stream, target.label)
+    pieces = checked_blocks(stream, target.label)
 
     async def blocks() -> AsyncIterator[bytes]:
         while data := await asyncio.to_thread(next, pieces, b""):
@@ -210,7 +210,7 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
     return int(status.split()[-1])
 
 
-def whole_lines(stream: Stream, label: str) -> Iterator[bytes]:
+def checked_blocks(stream: Stream, label: str) -> Iterator[bytes]:
     """The stream's blocks as they are, checked on the way as cheaply as bytes allow: no line
     longer than MAX_LINE_BYTES reaches the server, and no quote that COPY would read otherwise
     than the csv module (`QuotesCopyReadsDifferently`)."""

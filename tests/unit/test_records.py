@@ -424,7 +424,7 @@ def test_skip_line_ends_stops_at_a_line_that_starts_with_a_cr(tmp_path: Path) ->
         os.close(fd)
 
 
-def test_whole_lines_refuses_a_long_line_and_a_quote_copy_reads_otherwise(tmp_path: Path) -> None:
+def test_checked_blocks_refuses_a_long_line_and_a_quote_copy_reads_otherwise(tmp_path: Path) -> None:
     def pieces(content: bytes) -> list[bytes]:
         path = tmp_path / "f.csv"
         path.write_bytes(content)
@@ -432,7 +432,7 @@ def test_whole_lines_refuses_a_long_line_and_a_quote_copy_reads_otherwise(tmp_pa
         try:
             stream = Stream(fd, len(content), path.name, FileFormat("csv", gzip=False))
             read_header(stream, "utf-8", "f.csv")
-            return list(csv_load.whole_lines(stream, "f.csv"))
+            return list(csv_load.checked_blocks(stream, "f.csv"))
         finally:
             os.close(fd)
 
