@@ -187,6 +187,11 @@ def run_ingest_measured(dsn: str, workdir: Path, name: str, content: bytes) -> t
     return run.returncode, run.peak_mb
 
 
+def error_class(workdir: Path, name: str) -> str:
+    sidecar = workdir / "imports" / "failed" / f"{name}.error.json"
+    return str(json.loads(sidecar.read_text(encoding="utf-8"))["error"])
+
+
 def assert_stopped_early(dsn: str, total: int) -> None:
     """Failed as hopeless after whole chunks of bad rows, long before the end of the file.
 
@@ -215,6 +220,7 @@ def test_two_million_bad_rows_stop_early_in_bounded_memory(dsn: str, workdir: Pa
 
     assert code == 1
     assert peak <= 150, peak
+    assert error_class(workdir, "meter_bad.csv") == "TooManyRejects"
     assert_stopped_early(dsn, 2_000_000)
 
 
@@ -226,6 +232,7 @@ def test_a_gzip_of_a_gibibyte_of_bad_rows_stops_early_in_bounded_memory(dsn: str
 
     assert code == 1
     assert peak <= 150, peak
+    assert error_class(workdir, "meter_bad.csv.gz") == "TooManyRejects"
     assert_stopped_early(dsn, GIB // 4)
 
 
@@ -256,6 +263,7 @@ def test_a_gzip_holding_one_gibibyte_line_fails_naming_the_line(dsn: str, workdi
 
     assert code == 1
     assert peak <= 150, peak
+    assert error_class(workdir, "meter_long.csv.gz") == "MalformedFile"
     assert ledger(dsn) == [
         (
             "failed",
