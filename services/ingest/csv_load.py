@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import AnyStr
 
 import asyncpg
 
@@ -38,7 +39,7 @@ from services.ingest.rows import (
     prefetched,
     stop_early_if_hopeless,
 )
-from services.ingest.source import READ_SIZE, Stream, decode_line, line_too_long, numbered_lines
+from services.ingest.source import READ_SIZE, Stream, decode_line, line_too_long
 from services.ingest.values import is_fixed_offset
 
 MAX_LINE_BYTES = 1 << 20
@@ -73,6 +74,8 @@ class HeaderMap:
 
 
 def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
+    if _ends_lines_with_cr(stream.peek(MAX_LINE_BYTES + 1)):
+        stream.read_cr_as_lf()
     raw = stream.readline(MAX_LINE_BYTES + 1)
     if len(raw) > MAX_LINE_BYTES:
         raise MalformedFile(
@@ -89,11 +92,48 @@ def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
             file_name=label,
             line_no=1,
         )
-    if text.count('"') % 2:
+    if scan_quotes(text, inside=False)[0]:
         raise MalformedFile(
             "the header line has an unterminated quote", hint="Fix the header", file_name=label, line_no=1
         )
-    return next(csv.reader([text]), [])
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as exc:
+        raise MalformedFile(f"line 1: {exc}", hint="Fix the header", file_name=label, line_no=1) from None
+
+
+def _ends_lines_with_cr(head: bytes) -> bool:
+    """The first line ends with a CR that no LF follows (old Mac and some Excel exports)."""
+    cr, lf = head.find(b"\r"), head.find(b"\n")
+    return cr >= 0 and (lf < 0 or cr < lf) and head[cr + 1 : cr + 2] != b"\n"
+
+
+def scan_quotes(text: AnyStr, inside: bool) -> tuple[bool, bool]:
+    """Walk the quotes of whole lines as the csv module (and a spreadsheet) reads them: a quote
+    opens a quoted field only at a field's start; elsewhere it is a character of the value.
+
+    `inside` says whether a quoted field is open where `text` starts. Returns whether one is
+    still open at its end (the record goes on to the next line), and whether PostgreSQL's CSV
+    COPY, which toggles quoting at any quote, reads every quote the same way.
+    """
+    quote = text[:0] + ('"' if isinstance(text, str) else b'"')
+    ends = text[:0] + (",\r\n" if isinstance(text, str) else b",\r\n")
+    same, i = True, 0
+    while True:
+        j = text.find(quote, i)
+        if j < 0:
+            return inside, same
+        if inside:
+            if text[j + 1 : j + 2] == quote:  # "" inside quotes: one quote
+                i = j + 2
+                continue
+            inside, i = False, j + 1
+            if text[i : i + 1] and text[i : i + 1] not in ends:
+                same = False  # text after a closing quote: the csv module keeps it, quotes and all
+        elif j == 0 or text[j - 1 : j] in ends:
+            inside, i = True, j + 1
+        else:
+            same, i = False, j + 1  # a quote inside an unquoted field: a character of the value
 
 
 def map_header(fields: list[str], dataset: DatasetSpec, label: str) -> HeaderMap:
@@ -142,12 +182,18 @@ def fast_path_possible(header: HeaderMap, target: Target) -> bool:
     )
 
 
+class QuotesCopyReadsDifferently(asyncpg.DataError):  # type: ignore[misc]
+    """The file has a quote that PostgreSQL's CSV COPY would read as quoting and a spreadsheet
+    as a character (`12" pipe`): the file leaves the fast path, like a file COPY refuses."""
+
+
 async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
     """COPY the rest of the stream (the header is consumed) straight into the staging table."""
     columns = [c.column for _, c in header.mapped()]
+    pieces = checked_blocks(stream, target.label)
 
     async def blocks() -> AsyncIterator[bytes]:
-        while data := await asyncio.to_thread(stream.read, READ_SIZE):
+        while data := await asyncio.to_thread(next, pieces, b""):
             yield data
 
     copy = conn.copy_to_table(
@@ -164,12 +210,61 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
     return int(status.split()[-1])
 
 
+def checked_blocks(stream: Stream, label: str) -> Iterator[bytes]:
+    """The stream's blocks as they are, checked on the way as cheaply as bytes allow: no line
+    longer than MAX_LINE_BYTES reaches the server, and no quote that COPY would read otherwise
+    than the csv module (`QuotesCopyReadsDifferently`)."""
+    offset, since_newline = 0, 0  # bytes after the header read so far; bytes of the line open
+    inside, partial = False, b""  # at the last newline: a quoted field open?; the bytes after it
+    while data := stream.read(READ_SIZE):
+        first, last = data.find(b"\n"), data.rfind(b"\n")
+        # Lines after the first end inside `data` (at most READ_SIZE = MAX_LINE_BYTES bytes).
+        if since_newline + (len(data) if first < 0 else first) >= MAX_LINE_BYTES + (first < 0):
+            line_no = _line_number(stream.reopen(), offset - since_newline, label)
+            raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
+        since_newline = since_newline + len(data) if first < 0 else len(data) - last - 1
+        offset += len(data)
+        if b'"' in data or b'"' in partial:
+            # Scanned from the start of the line the block began in, up to its last newline.
+            text = partial + data[: last + 1]
+            if last >= 0:
+                inside = _same_as_copy(text, inside)
+                partial = data[last + 1 :]
+            else:
+                partial = text
+        elif last >= 0:
+            partial = data[last + 1 :]
+        else:
+            partial += data
+        yield data
+    if b'"' in partial:
+        _same_as_copy(partial, inside)
+
+
+def _line_number(stream: Stream, offset: int, label: str) -> int:
+    """The number of the line that starts `offset` bytes after the header (only for a message:
+    counting lines on the way would slow down every clean file)."""
+    read_header(stream, "latin-1", label)
+    line_no = 2
+    while offset > 0 and (data := stream.read(min(READ_SIZE, offset))):
+        line_no += data.count(b"\n")
+        offset -= len(data)
+    return line_no
+
+
+def _same_as_copy(text: bytes, inside: bool) -> bool:
+    still_open, same = scan_quotes(text, inside)
+    if not same:
+        raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
+    return still_open
+
+
 class RecordReader:
     """Physical lines → CSV records with record and line numbers.
 
-    A record is complete when its quotes balance. A quote that is still open after
-    MAX_RECORD_LINES lines or at the end of the file rejects only the line it opened on;
-    reading resumes at the next line, so the rows after it are kept.
+    A record is complete when no quoted field is open at the end of a line (`scan_quotes`). A
+    quote that is still open after MAX_RECORD_LINES lines or at the end of the file rejects only
+    the line it opened on; reading resumes at the next line, so the rows after it are kept.
     """
 
     def __init__(
@@ -184,33 +279,44 @@ class RecordReader:
         self.unterminated = False
         self._handover = handover  # a line already read by the byte-level path, and its number
 
-    def _lines(self) -> Iterator[tuple[int, str]]:
+    def _line(self) -> tuple[int, str] | None:
         if self._handover is not None:
             self.line_no, raw = self._handover
-            yield self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
-        lines = numbered_lines(
-            self._stream.readline, MAX_LINE_BYTES, self._label, _ONE_RECORD_A_LINE, self.line_no
-        )
-        for self.line_no, raw in lines:
-            yield self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
+            self._handover = None
+        else:
+            raw = self._stream.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return None
+            self.line_no += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise line_too_long(self.line_no, MAX_LINE_BYTES, self._label, _ONE_RECORD_A_LINE)
+        return self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
 
     def _texts(self) -> Iterator[str]:
-        lines = self._lines()
         replay: deque[tuple[int, str]] = deque()
         pending: list[tuple[int, str]] = []
-        quotes = 0
+        inside = False
         while True:
-            item = replay.popleft() if replay else next(lines, None)
+            item = replay.popleft() if replay else self._line()
             if item is None and not pending:
                 return
             if item is not None:
+                text = item[1]
+                if not pending and not text.strip("\r\n") and not replay:
+                    # A blank line between records: skip the run that follows in blocks.
+                    self.line_no += self._stream.skip_line_ends()
+                    self.start_line = self.end_line = item[0]
+                    self.unterminated = False
+                    yield "\n"
+                    continue
                 pending.append(item)
-                quotes += item[1].count('"')
-                if quotes % 2 == 0:
+                if '"' in text:
+                    inside = scan_quotes(text, inside)[0]
+                if not inside:
                     self.start_line, self.end_line = pending[0][0], item[0]
                     self.unterminated = False
                     yield "".join(text for _, text in pending)
-                    pending, quotes = [], 0
+                    pending = []
                     continue
                 if len(pending) <= MAX_RECORD_LINES:
                     continue
@@ -218,7 +324,7 @@ class RecordReader:
             self.start_line = self.end_line = pending[0][0]
             self.unterminated = True
             replay.extendleft(reversed(pending[1:]))
-            pending, quotes = [], 0
+            pending, inside = [], False
             yield "\n"
 
     def records(self) -> Iterator[list[str]]:
@@ -237,6 +343,41 @@ class RecordReader:
                 yield record
 
 
+def extra_names(header: HeaderMap) -> list[str]:
+    """Keys of the unknown fields in `_extra`: the header name, `note_2`, `note_3`… for a name
+    seen before (every value is kept), `column_N` for an empty one (N counts from 1)."""
+    taken = {header.fields[i] for i in header.extras}
+    names: list[str] = []
+    for i in header.extras:
+        name = header.fields[i] or f"column_{i + 1}"
+        if name in names:
+            n = 2
+            while f"{name}_{n}" in names or f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+        names.append(name)
+    return names
+
+
+def extras_warnings(header: HeaderMap, rows_loaded: int) -> list[dict[str, object]]:
+    """The ledger's warnings about unknown fields: kept in `_extra`, and renamed when repeated."""
+    names = extra_names(header)
+    warnings: list[dict[str, object]] = [{"unknown_fields": {name: rows_loaded for name in names}}]
+    repeated: dict[str, list[str]] = {}
+    for i, name in zip(header.extras, names, strict=True):
+        repeated.setdefault(header.fields[i] or name, []).append(name)
+    for field_name, kept_as in repeated.items():
+        if len(kept_as) > 1:
+            warnings.append(
+                {
+                    "duplicate_fields": {field_name: kept_as},
+                    "message": f"header field {field_name!r} appears {len(kept_as)} times; its "
+                    f"values are kept in _extra as {', '.join(kept_as)}",
+                }
+            )
+    return warnings
+
+
 class CsvRows:
     """Parsed CSV records → staging rows (the fields the header maps, in header order)."""
 
@@ -245,7 +386,7 @@ class CsvRows:
         self.width = len(header.fields)
         self.indexes = [i for i, _ in mapped]
         self.plan = RowPlan([c for _, c in mapped], target)
-        self.extras = [(i, header.fields[i] or f"column_{i + 1}") for i in header.extras]
+        self.extras = list(zip(header.extras, extra_names(header), strict=True))
         self.required = [(i, c.column) for i, c in mapped if c.required]
         self.any_groups = [
             [i for i, c in mapped if c.column in group] for group in target.dataset.require_any
@@ -271,20 +412,28 @@ class CsvRows:
         # line that looks wrong goes to _check, which says what is wrong.
         while raw := readline(MAX_LINE_BYTES + 1):
             line_no += 1
+            if chunk.records >= CHUNK_ROWS:  # bad records count too: memory stays bounded
+                yield chunk
+                chunk = Chunk()
+                rows, record_nos, line_nos = chunk.rows, chunk.record_nos, chunk.line_nos
             body = raw.rstrip(b"\r\n")
             if len(raw) > MAX_LINE_BYTES:  # numbered_lines' check, inlined in this hot loop
                 raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
             if not body:
+                line_no += stream.skip_line_ends()
                 continue
             if not body.isascii():
                 decode_line(body, "utf-8", line_no, label)  # raises, naming the byte and line
             quoted = b'"' in body
-            if quoted and body.count(b'"') % 2:
-                # A record that spans lines: the general reader takes the rest of the file.
-                yield chunk
-                reader = RecordReader(stream, self.plan.target.dataset, label, handover=(line_no, raw))
-                yield from self.chunks(reader, first_record=record_no)
-                return
+            as_is = True
+            if quoted:
+                still_open, as_is = scan_quotes(body, inside=False)
+                if still_open:
+                    # A record that spans lines: the general reader takes the rest of the file.
+                    yield chunk
+                    reader = RecordReader(stream, self.plan.target.dataset, label, handover=(line_no, raw))
+                    yield from self.chunks(reader, first_record=record_no)
+                    return
             record_no += 1
             chunk.records += 1
             if quoted:
@@ -307,13 +456,14 @@ class CsvRows:
                 if reject is not None:
                     chunk.rejects.append(reject)
                     continue
-            rows.append(b"%d,%d,%b,\n" % (file_id, record_no, body))
+            if as_is:
+                rows.append(b"%d,%d,%b,\n" % (file_id, record_no, body))
+            else:
+                # COPY would read a quote of this line as quoting: send the values the csv module
+                # read, written out again (an empty field is NULL, as on the rest of this lane).
+                rows.append([file_id, record_no, *(str(f) or None for f in fields), None])
             record_nos.append(record_no)
             line_nos.append(line_no)
-            if len(rows) >= CHUNK_ROWS:
-                yield chunk
-                chunk = Chunk()
-                rows, record_nos, line_nos = chunk.rows, chunk.record_nos, chunk.line_nos
         yield chunk
 
     def _check(
@@ -351,8 +501,8 @@ class CsvRows:
             row = self._row(reader, record, record_no)
             if isinstance(row, Reject):
                 chunk.rejects.append(row)
-                continue
-            chunk.add(row, record_no, reader.start_line, None)
+            else:
+                chunk.add(row, record_no, reader.start_line, None)
             if chunk.full():
                 yield chunk
                 chunk = Chunk()
@@ -386,8 +536,7 @@ async def copy_robust(
     copier = RobustCopy(conn, rows.plan, empty_is_null=True)
     await load_chunks(conn, copier, produced, stats, stream, size)
     if header.extras:
-        names = [header.fields[i] or f"column_{i + 1}" for i in header.extras]
-        stats.warnings.append({"unknown_fields": {name: stats.rows_loaded for name in names}})
+        stats.warnings.extend(extras_warnings(header, stats.rows_loaded))
     check_ratio(stats, target)
     return stats
 

@@ -165,7 +165,8 @@ class Chunk:
         self.raws = [self.raws[i] for i in keep]
 
     def full(self) -> bool:
-        return len(self.rows) >= CHUNK_ROWS
+        """Rows and rejects both count: a file of bad rows must not pile them up in memory."""
+        return len(self.rows) + len(self.rejects) >= CHUNK_ROWS
 
     def payload(self, start: int = 0, stop: int | None = None) -> bytes:
         parts: list[bytes] = []

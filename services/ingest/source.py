@@ -72,9 +72,13 @@ class Stream:
         self._args = (fd, size, label, fmt)
         self.raw = HashingReader(fd, size, label)
         buffered = io.BufferedReader(self.raw, buffer_size=READ_SIZE)
-        self._inner: IO[bytes] = (
-            gzip.GzipFile(fileobj=buffered, mode="rb") if fmt.gzip else buffered  # type: ignore[assignment]
-        )
+        self._inner: IO[bytes] = buffered
+        if fmt.gzip:
+            # GzipFile buffers 8 KiB: a buffer of READ_SIZE on top lets peek() see a whole line
+            # (line ends are told from the first line) and a run of blank lines at a time.
+            unzipped = gzip.GzipFile(fileobj=buffered, mode="rb")
+            self._inner = io.BufferedReader(unzipped, buffer_size=READ_SIZE)
+        self.cr_line_ends = False
 
     def read(self, n: int = READ_SIZE) -> bytes:
         try:
@@ -96,6 +100,28 @@ class Stream:
         except (OSError, EOFError, zlib.error) as exc:
             raise _damaged(exc) from exc
 
+    def read_cr_as_lf(self) -> None:
+        """From here on, every CR reads as LF: the file ends its lines with CR alone (old Mac,
+        some Excel exports), and every reader (COPY, the lines, the csv module) then sees LF."""
+        if not self.cr_line_ends:
+            self.cr_line_ends = True
+            self._inner = io.BufferedReader(_CrAsLf(self._inner), buffer_size=READ_SIZE)
+
+    def skip_line_ends(self) -> int:
+        """Consume the blank lines that follow (whole lines of CR and LF bytes) block by block,
+        not one Python iteration each; returns how many lines were skipped."""
+        lines = 0
+        while block := self.peek(READ_SIZE):
+            run = len(block) - len(block.lstrip(b"\r\n"))
+            last = block.rfind(b"\n", 0, run)  # a CR that starts the next line is that line's
+            if last < 0:
+                break
+            lines += block.count(b"\n", 0, last + 1)
+            self.read(last + 1)
+            if last + 1 < len(block):
+                break
+        return lines
+
     def reopen(self) -> Stream:
         """A second, independent reader of the same file from its start."""
         return Stream(*self._args)
@@ -108,6 +134,22 @@ class Stream:
     def verify(self, sha256: str) -> None:
         self.drain()
         self.raw.verify(sha256)
+
+
+class _CrAsLf(io.RawIOBase):
+    """Another reader's bytes with CR replaced by LF."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer)).replace(b"\r", b"\n")
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _damaged(exc: BaseException) -> MalformedFile:

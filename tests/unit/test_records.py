@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -121,7 +122,7 @@ def test_a_quote_open_for_too_many_lines_is_given_up_early(
 ) -> None:
     monkeypatch.setattr(csv_load, "MAX_RECORD_LINES", 3)
     # Without the limit, the quote on line 7 would close the one opened on line 2.
-    _, reader = open_csv(b'a,b\n1,"open\n2,x\n3,y\n4,z\n5,w\n6,close"\n')
+    _, reader = open_csv(b'a,b\n1,"open\n2,x\n3,y\n4,z\n5,w\n6,"close\n')
 
     assert records(reader) == [
         ([], 2, 2, True),
@@ -345,3 +346,124 @@ def test_numbered_lines_count_on_from_where_reading_resumes_and_refuse_an_overlo
         next(lines)
     assert str(caught.value) == "line 7 is longer than 1 MiB. NDJSON has one record a line"
     assert (caught.value.file_name, caught.value.line_no) == ("feed.ndjson", 7)
+
+
+# --- quotes as a spreadsheet reads them, CR-only files, blank runs (issue 12) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "expected"),
+    [
+        ("J1,S1,plain\n", False, (False, True)),
+        ('J1,S1,12" pipe\n', False, (False, False)),  # odd count, yet complete
+        ('J1,S1,12" pipe 3" long\n', False, (False, False)),
+        ('"J1","a ""b"", c",""\n', False, (False, True)),
+        ('J1,a "b" c,"open\n', False, (True, False)),  # even count, yet open
+        ('J1,"open\n', False, (True, True)),
+        ("still inside\n", True, (True, True)),
+        ('closes" here,x\n', True, (False, False)),  # text after the closing quote
+        ('closes",x\n', True, (False, True)),
+        (' "x",y\n', False, (False, False)),  # after a space a quote is a character
+    ],
+)
+def test_scan_quotes_reads_quotes_as_the_csv_module_does(
+    text: str, inside: bool, expected: tuple[bool, bool]
+) -> None:
+    assert csv_load.scan_quotes(text, inside) == expected
+    assert csv_load.scan_quotes(text.encode(), inside) == expected
+
+
+def test_a_quote_inside_an_unquoted_field_is_a_character(open_csv: Open) -> None:
+    _, reader = open_csv(b'a,b\nJ1,12" pipe\nJ2,12" pipe 3" long\nJ3,"x, ""y"""\n')
+
+    assert records(reader) == [
+        (["J1", '12" pipe'], 2, 2, False),
+        (["J2", '12" pipe 3" long'], 3, 3, False),
+        (["J3", 'x, "y"'], 4, 4, False),
+    ]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_cr_only_line_ends_read_as_lines(tmp_path: Path, compressed: bool) -> None:
+    content = b'a,b\r1,"x\ny"\r\r2,z'
+    path = tmp_path / "mac.csv"
+    path.write_bytes(gzip.compress(content, mtime=0) if compressed else content)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stream = Stream(fd, path.stat().st_size, path.name, FileFormat("csv", gzip=compressed))
+        header = read_header(stream, "utf-8", path.name)
+        got = records(RecordReader(stream, METER_READINGS, path.name))
+    finally:
+        os.close(fd)
+
+    assert header == ["a", "b"]
+    assert got == [(["1", "x\ny"], 2, 3, False), (["2", "z"], 5, 5, False)]
+
+
+def test_a_crlf_file_is_not_taken_for_cr_only(open_csv: Open) -> None:
+    _, reader = open_csv(b'a,b\r\n1,"x\ry"\r\n')
+
+    assert records(reader) == [(["1", "x\ry"], 2, 2, False)]
+
+
+def test_long_runs_of_blank_lines_are_skipped_and_counted(open_csv: Open) -> None:
+    mib = 1 << 20
+    _, reader = open_csv(b"a,b\n1,2\n" + b"\n" * (3 * mib) + b"\r\n" * mib + b"3,4\n\n")
+
+    assert records(reader) == [(["1", "2"], 2, 2, False), (["3", "4"], 3 + 4 * mib, 3 + 4 * mib, False)]
+
+
+def test_skip_line_ends_stops_at_a_line_that_starts_with_a_cr(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"\n\r\n\rX\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stream = Stream(fd, 6, path.name, FileFormat("csv", gzip=False))
+        assert (stream.skip_line_ends(), stream.readline(100), stream.skip_line_ends()) == (2, b"\rX\n", 0)
+    finally:
+        os.close(fd)
+
+
+def test_checked_blocks_refuses_a_long_line_and_a_quote_copy_reads_otherwise(tmp_path: Path) -> None:
+    def pieces(content: bytes) -> list[bytes]:
+        path = tmp_path / "f.csv"
+        path.write_bytes(content)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            stream = Stream(fd, len(content), path.name, FileFormat("csv", gzip=False))
+            read_header(stream, "utf-8", "f.csv")
+            return list(csv_load.checked_blocks(stream, "f.csv"))
+        finally:
+            os.close(fd)
+
+    good = b'1,"a\nb"\n' + b'2,"x ""y"""\n' * (1 << 18) + b"3,y"
+    assert b"".join(pieces(b"a,b\n" + good)) == good
+    with pytest.raises(MalformedFile) as long_line:
+        pieces(b"a,b\n1,x\n2,x\n" + b"y" * (1 << 20) + b"\n")
+    assert (str(long_line.value), long_line.value.line_no) == (
+        "line 4 is longer than 1 MiB. Check that the file is a CSV file with one record a line",
+        4,
+    )
+    with pytest.raises(csv_load.QuotesCopyReadsDifferently):
+        pieces(b'a,b\n1,x\n2,12" pipe\n')
+    # A quote at the end of a block is read with the rest of its line, in the next block.
+    filler = b"1,x\n" * 262_141 + b"1,xxxx\n"
+    assert len(filler) + len(b'2,12"') == 1 << 20
+    split = b"a,b\n" + filler + b'2,12" pipe\n'
+    with pytest.raises(csv_load.QuotesCopyReadsDifferently):
+        pieces(split)
+
+
+def test_repeated_and_empty_unknown_header_names_get_their_own_keys() -> None:
+    fields = ["meter_id", "reading_at", "power_w", "note", "note", "", "note_2", "note"]
+    header = map_header(fields, METER_READINGS, "f.csv")
+
+    assert csv_load.extra_names(header) == ["note", "note_3", "column_6", "note_2", "note_4"]
+    assert csv_load.extras_warnings(header, 5) == [
+        {"unknown_fields": {"note": 5, "note_3": 5, "column_6": 5, "note_2": 5, "note_4": 5}},
+        {
+            "duplicate_fields": {"note": ["note", "note_3", "note_4"]},
+            "message": "header field 'note' appears 3 times; its values are kept in _extra as "
+            "note, note_3, note_4",
+        },
+    ]
