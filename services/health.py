@@ -7,6 +7,7 @@ state it reports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -16,9 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from app.db import Database
+
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0  # a watcher loop silent this long is stuck
+PROBE_EVERY_S = 5.0  # how often /healthz's view of the database is refreshed
+PROBE_TIMEOUT_S = 3.0
 # Why a file waits in imports/ (the `reason` label of loadbay_files_waiting).
 WAIT_REASONS = ("writer_open", "unreadable", "folder_problem", "database", "retrying")
 
@@ -124,3 +129,31 @@ class Health:
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         log.info("serving /healthz and /metrics on %s port %d", host, server.server_address[1])
         return server
+
+
+class DatabaseProbe:
+    """Asks PostgreSQL `SELECT 1` every PROBE_EVERY_S, so /healthz follows the database."""
+
+    name = "database probe"
+
+    def __init__(self, db: Database, health: Health) -> None:
+        self.db = db
+        self.health = health
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe until `stop` is set."""
+        while not stop.is_set():
+            await self.probe()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=PROBE_EVERY_S)
+            except TimeoutError:
+                pass
+
+    async def probe(self) -> None:
+        """One look: does the database answer within PROBE_TIMEOUT_S?"""
+        try:
+            async with self.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
+                await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
+            self.health.database(True)
+        except Exception:  # any failure means: not answering now
+            self.health.database(False)

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from app.db import Database
+from app.errorlog import log_error
 from app.schema import quote_ident
 from app.settings import Settings
 from app.sqlfiles import sql
+from models.outcomes import FileOutcome
 from services.energy import EnergyResult, MeterWindow, compute_energy
-from services.ingest import ledger
-from services.ingest.loader import FileOutcome
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ async def _record_left_out(conn: asyncpg.Connection, step: UpsertStep, left_out:
         if not (x.without_key or x.older):
             continue
         reasons = describe_left_out(step.key, x.without_key, x.superseded, x.older)
-        await ledger.log_error(
+        await log_error(
             conn,
             "pipeline",
             f"{step.name}: {x.rows} rows of file {x.file_id} not applied to the warehouse: {reasons}",
@@ -291,6 +291,6 @@ async def record_failure(db: Database, exc: BaseException) -> None:
     """Put a pipeline failure in ingest.error_log; if the database is away, the log has it."""
     try:
         async with db.connection() as conn:
-            await ledger.log_error(conn, "pipeline", str(exc), {"error": type(exc).__name__})
+            await log_error(conn, "pipeline", str(exc), {"error": type(exc).__name__})
     except Exception:
         log.warning("could not record the pipeline failure in ingest.error_log", exc_info=True)

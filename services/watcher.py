@@ -1,21 +1,17 @@
 """Watch mode: notice each complete drop and hand it to the loader, until stopped.
 
 A file becomes a candidate on create, modify, close-write or rename-into-the-folder events, at
-start-up, and on every periodic rescan (events can be lost). It is taken at once after a
-close-write event, otherwise when its size and mtime have not changed for WATCH_SETTLE_SECONDS.
+start-up, and on every periodic rescan (events can be lost). When it is complete is decided by
+`services.settle` (at once after a close-write or a rename into the folder, else once unchanged
+for WATCH_SETTLE_SECONDS); the loader's read lease then refuses a file that some process still
+holds open for writing, and the file waits for its writer's close.
 
-With inotify the watcher also knows when a writer still holds a file open: it saw the file
-written (or created empty) and has not seen its close-write yet. Such a file is not complete,
-however long the writer pauses (an SFTP upload can stall for longer than the settle time), so the
-settle check leaves it alone; only if it stays unchanged for WATCH_RESCAN_SECONDS is it taken
-anyway, in case its close event was lost. Polling sees no writes or closes as such, so there the
-settle time alone decides.
+Files wait in the folder while the database is away, while a writer holds them, while they cannot
+be read, or while processed/ or failed/ cannot receive them: each wait is logged once per reason,
+counted on /metrics, and retried with backoff.
 
-Files wait in the folder while the database is away; a transient failure is retried with backoff.
-
-With EPMS_ODBC_DSN set, the watcher also pulls the ERP (services.pull): at once, then 1 s after a
-pull that brought rows, doubling while nothing changes or the ERP does not answer, up to
-EPMS_PULL_SECONDS. The ERP being away never stops the watcher; pulled files count like drops.
+`run_watcher` starts watch mode's services side by side under a `Supervisor`: this file watcher,
+the ERP pull loop (services.pull.loop, when EPMS_ODBC_DSN is set) and the health probe.
 """
 
 from __future__ import annotations
@@ -24,12 +20,11 @@ import asyncio
 import logging
 import os
 import stat
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from watchdog.events import (
@@ -48,56 +43,51 @@ from watchdog.observers.polling import PollingObserver
 
 from app.backoff import Doubling
 from app.db import Database, is_transient
-from app.errors import (
-    DatabaseUnavailable,
-    FileStillOpen,
-    FileUnreadable,
-    FolderProblem,
-    PullCancelled,
-    TransientError,
-)
+from app.errorlog import log_error
+from app.errors import DatabaseUnavailable, FileStillOpen, FileUnreadable, FolderProblem, TransientError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.health import Health
-from services.ingest import ledger
+from models.outcomes import FileOutcome
+from services.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, DatabaseProbe, Health
 from services.ingest.files import check_state_folders, display_name, is_candidate_name
-from services.ingest.loader import FileOutcome, Loader
+from services.ingest.loader import Loader
 from services.pull import Puller
-from services.pull.schedule import PullSchedule
+from services.pull.loop import PullLoop
+from services.settle import Due, Seen, SettleTracker
+from services.supervisor import Service, Supervisor
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 8.0  # docker stop waits 10 s before SIGKILL
 BUSY_RETRY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
-PROBE_EVERY_S = 5.0  # how often /healthz's view of the database is refreshed
-PROBE_TIMEOUT_S = 3.0
-
-
-@dataclass
-class Candidate:
-    size: int
-    mtime_ns: int
-    stable_since: float
-    seen_at: datetime
-    closed: bool = False
 
 
 @dataclass
 class WatchResult:
+    """What a watch session did, counted when it stops."""
+
     loaded: int = 0
     failed: int = 0
     duplicates: int = 0
     outcomes: list[FileOutcome] = field(default_factory=list)
 
-
-# What an event says about a file: the `what` argument of Watcher.note.
-CHECK, CREATED, WRITTEN, CLOSED = "check", "created", "written", "closed"
-MOVED_IN, GONE = "moved in", "gone"
+    def count(self, outcome: FileOutcome) -> None:
+        """Add one file's outcome (the last 100 are kept)."""
+        if outcome.status == "skipped":
+            return
+        self.outcomes.append(outcome)
+        del self.outcomes[:-100]
+        if outcome.status == "failed":
+            self.failed += 1
+        elif outcome.status == "duplicate":
+            self.duplicates += 1
+        else:
+            self.loaded += 1
 
 
 def wait_reason(exc: BaseException) -> str:
-    """Why a file that raised `exc` waits in the folder (a WAIT_REASONS value)."""
+    """Why a file that raised `exc` waits in the folder (a WAIT_REASONS value, or `changed`)."""
     if isinstance(exc, FileStillOpen):
         return "writer_open"
     if isinstance(exc, FileUnreadable):
@@ -115,35 +105,99 @@ class _Events(FileSystemEventHandler):
     """Runs on watchdog's thread; hands every event to the event loop."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, str], None], folder: Path
+        self, loop: asyncio.AbstractEventLoop, note: Callable[[Path, Seen], None], folder: Path
     ) -> None:
         self._loop = loop
         self._note = note
         self._folder = folder
 
-    def _send(self, path: str | bytes, what: str) -> None:
+    def _send(self, path: str | bytes, seen: Seen) -> None:
         p = Path(os.fsdecode(path))
         if p.parent == self._folder:
-            self._loop.call_soon_threadsafe(self._note, p, what)
+            self._loop.call_soon_threadsafe(self._note, p, seen)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            self._send(event.src_path, GONE)
-            self._send(event.dest_path, MOVED_IN)
+            self._send(event.src_path, Seen.GONE)
+            self._send(event.dest_path, Seen.MOVED_IN)
         elif isinstance(event, FileClosedEvent):  # close-write only; close-nowrite is its own class
-            self._send(event.src_path, CLOSED)
+            self._send(event.src_path, Seen.CLOSED)
         elif isinstance(event, FileModifiedEvent):
-            self._send(event.src_path, WRITTEN)
+            self._send(event.src_path, Seen.WRITTEN)
         elif isinstance(event, FileCreatedEvent):
-            self._send(event.src_path, CREATED)
+            self._send(event.src_path, Seen.CREATED)
         elif isinstance(event, FileDeletedEvent):
-            self._send(event.src_path, GONE)
+            self._send(event.src_path, Seen.GONE)
         # opens, closes without writes, attribute changes: the settle check sees what matters
 
 
+class WaitingFiles:
+    """Files tried and left in the folder: why each waits, said once per reason, on /metrics."""
+
+    def __init__(self, db: Database, health: Health | None) -> None:
+        self.db = db
+        self.health = health
+        self.reasons: dict[Path, str] = {}
+        self._backoff: dict[Path, Doubling] = {}
+
+    async def wait(self, path: Path, exc: Exception) -> float:
+        """Record why `path` waits; returns the seconds until its next try."""
+        reason = wait_reason(exc)
+        name = display_name(path.name)
+        delay = self._backoff.setdefault(path, Doubling(longest=MAX_BACKOFF_SECONDS)).next()
+        first = self.reasons.get(path) != reason
+        self.reasons[path] = reason
+        if reason == "retrying":
+            # An unexpected error: the traceback once, then a line a try (ingest.file_attempts counts).
+            log.error(
+                "unexpected error while loading %s; it stays in the folder and is tried again in %.0f s",
+                name,
+                delay,
+                exc_info=exc if first else None,
+            )
+        elif reason == "folder_problem":
+            if first:
+                log.error("%s waits: %s", name, exc)
+                await self._record(name, exc)
+            if self.health is not None:
+                self.health.folders(str(exc))
+        else:
+            shown = f"PostgreSQL is not reachable ({exc})" if reason == "database" else exc
+            level = logging.INFO if reason == "writer_open" else logging.WARNING
+            log.log(level, "%s will be tried again in %.0f s: %s", name, delay, shown)
+        self._report()
+        return delay
+
+    def done(self, path: Path) -> None:
+        """`path` was tried and did not raise: it waits no more."""
+        self._backoff.pop(path, None)
+        if self.reasons.pop(path, None) is None:
+            return
+        if self.health is not None and "folder_problem" not in self.reasons.values():
+            self.health.folders(None)
+        self._report()
+
+    def _report(self) -> None:
+        if self.health is not None:
+            self.health.waiting(dict(Counter(self.reasons.values())))
+
+    async def _record(self, name: str, exc: Exception) -> None:
+        """An `ingest.error_log` row for a problem a person must mend; best effort."""
+        try:
+            async with self.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
+                await log_error(conn, "watcher", str(exc), {"error": type(exc).__name__, "file": name})
+        except Exception as db_exc:  # the database may be away too: the log line stands
+            log.debug("could not record the problem in ingest.error_log: %s", db_exc)
+
+
 class Watcher:
+    """The file watcher service: events and rescans feed the settle tracker, workers load what is
+    complete, and what cannot be loaded yet waits with a reason."""
+
+    name = "file watcher"
+
     def __init__(
         self,
         settings: Settings,
@@ -151,93 +205,71 @@ class Watcher:
         folder: Path,
         on_outcome: Callable[[FileOutcome], Awaitable[None]] | None = None,
         health: Health | None = None,
-        puller: Puller | None = None,
     ) -> None:
         self.settings = settings
-        self.puller = puller
-        self._stop_pulling = threading.Event()
         self.loader = loader
         self.folder = folder.resolve()
         self.on_outcome = on_outcome
         self.health = health
-        self.candidates: dict[Path, Candidate] = {}
+        self.tracker = SettleTracker(
+            settle_seconds=settings.watch_settle_seconds,
+            writer_timeout=settings.watch_rescan_seconds,
+            track_writers=not settings.watch_polling,
+        )
+        self.waiting = WaitingFiles(loader.db, health)
         self.in_flight: set[Path] = set()
         self.queue: asyncio.Queue[tuple[Path, datetime]] = asyncio.Queue()
         self.result = WatchResult()
-        self._backoff: dict[Path, Doubling] = {}
-        # Files tried and left in the folder, and why (a WAIT_REASONS value).
-        self.waiting: dict[Path, str] = {}
         self._ignored: set[Path] = set()
-        # inotify only: files a writer holds open (written or created empty, no close-write yet)
-        self._track_writers = not settings.watch_polling
-        self.open_for_writing: set[Path] = set()
 
     # -- candidates -------------------------------------------------------------------------
 
-    def note(self, path: Path, what: str = CHECK) -> None:
+    def note(self, path: Path, seen: Seen = Seen.CHECK) -> None:
+        """Look at `path` after an event (or a rescan) and take it if it is complete."""
         if not is_candidate_name(path.name):
             return
-        # Kept up to date for a file in flight too: if it is written to while it is loaded, the
-        # load fails (the file changed) and the retry must wait for the writer's close.
-        if what == WRITTEN and self._track_writers:
-            self.open_for_writing.add(path)
-        elif what in (CLOSED, MOVED_IN, GONE):
-            self.open_for_writing.discard(path)
+        self.tracker.writer_event(path, seen)
         if path in self.in_flight:
             return
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            self.candidates.pop(path, None)
-            self.open_for_writing.discard(path)
+            self.tracker.forget(path)
             return
         except OSError as exc:  # e.g. permissions: the next event or rescan looks again
-            log.warning("cannot look at %s (%s); it waits", path.name, exc)
+            log.warning("cannot look at %s (%s); it waits", display_name(path.name), exc)
             return
-        if what == CREATED and self._track_writers and st.st_size == 0:
-            self.open_for_writing.add(path)  # created by open(): its data is still to come
         if not stat.S_ISREG(st.st_mode):
             if path not in self._ignored:
                 self._ignored.add(path)
-                log.warning("ignoring %s: not a regular file (links and folders are never taken)", path.name)
+                log.warning(
+                    "ignoring %s: not a regular file (links and folders are never taken)",
+                    display_name(path.name),
+                )
             return
-        now = time.monotonic()
-        known = self.candidates.get(path)
-        if known is None or (known.size, known.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            seen = known.seen_at if known else datetime.now(UTC)
-            known = self.candidates[path] = Candidate(st.st_size, st.st_mtime_ns, now, seen)
-        if what == CLOSED:
-            known.closed = True
-            self._take(path)
+        due = self.tracker.observe(path, st.st_size, st.st_mtime_ns, seen)
+        if due is not None:
+            self._take(due)
 
-    def _settle(self) -> None:
-        now = time.monotonic()
-        settle = self.settings.watch_settle_seconds
-        for path in list(self.candidates):
+    def settle(self) -> None:
+        """Look at every candidate again and take the ones complete by now."""
+        for path in list(self.tracker.candidates):
             self.note(path)
-            candidate = self.candidates.get(path)
-            if candidate is None:
-                continue
-            unchanged = now - candidate.stable_since
-            if path not in self.open_for_writing:
-                if unchanged >= settle:
-                    self._take(path)
-            elif unchanged >= max(settle, self.settings.watch_rescan_seconds):
+        for due in self.tracker.due():
+            if due.lost_close:
                 log.warning(
                     "taking %s although its writer never closed it: it has not changed for %.0f s "
                     "(its close event may have been lost)",
-                    path.name,
-                    unchanged,
+                    display_name(due.path.name),
+                    self.tracker.writer_timeout,
                 )
-                self.open_for_writing.discard(path)
-                self._take(path)
+            self._take(due)
 
-    def _take(self, path: Path) -> None:
-        candidate = self.candidates.pop(path, None)
-        if candidate is None or path in self.in_flight:
+    def _take(self, due: Due) -> None:
+        if due.path in self.in_flight:
             return
-        self.in_flight.add(path)
-        self.queue.put_nowait((path, candidate.seen_at))
+        self.in_flight.add(due.path)
+        self.queue.put_nowait((due.path, due.seen_at))
 
     def rescan(self) -> None:
         """Note every file in the folder. Other processes move files out at any moment, so a
@@ -251,7 +283,7 @@ class Watcher:
             return
         for name in names:
             path = self.folder / name
-            if path not in self.candidates:
+            if path not in self.tracker.candidates:
                 self.note(path)
 
     def _retry_later(self, path: Path, delay: float) -> None:
@@ -265,7 +297,7 @@ class Watcher:
             try:
                 await self._process(path, seen_at)
             except Exception:  # a worker that died would leave the watcher running but idle
-                log.exception("unexpected error after loading %s", path.name)
+                log.exception("unexpected error after loading %s", display_name(path.name))
             finally:
                 self.in_flight.discard(path)
                 self.queue.task_done()
@@ -275,197 +307,66 @@ class Watcher:
         try:
             outcome = await self.loader.ingest(path, received_at=seen_at)
         except Exception as exc:
-            await self._wait(path, exc)
+            if isinstance(exc, FileStillOpen):
+                self.tracker.writer_still_open(path)  # its close-write event takes it at once
+            self._retry_later(path, await self.waiting.wait(path, exc))
             return
-        self._backoff.pop(path, None)
-        self._stop_waiting(path)
+        self.waiting.done(path)
         if outcome.status == "busy":
             self._retry_later(path, BUSY_RETRY_SECONDS)
             return
-        await self._finish(outcome, time.monotonic() - started)
+        await self.finish(outcome, time.monotonic() - started)
 
-    async def _wait(self, path: Path, exc: Exception) -> None:
-        """The file stays in the folder and is tried again later; say why, once per reason."""
-        reason = wait_reason(exc)
-        name = display_name(path.name)
-        delay = self._backoff.setdefault(path, Doubling(longest=MAX_BACKOFF_SECONDS)).next()
-        first = self.waiting.get(path) != reason
-        self.waiting[path] = reason
-        if reason == "writer_open" and self._track_writers:
-            self.open_for_writing.add(path)  # its close-write event takes it at once
-        shown = f"PostgreSQL is not reachable ({exc})" if reason == "database" and is_transient(exc) else exc
-        if reason == "retrying":
-            # An unexpected error: the traceback once, then a line a try (the ledger counts them).
-            log.error(
-                "unexpected error while loading %s; it stays in %s and is tried again in %.0f s",
-                name,
-                self.folder,
-                delay,
-                exc_info=exc if first else None,
-            )
-        elif reason == "folder_problem":
-            if first:
-                log.error("%s waits: %s", name, exc)
-                await self._log_error(name, exc)
-            if self.health is not None:
-                self.health.folders(str(exc))
-        else:
-            log.log(
-                logging.INFO if reason == "writer_open" else logging.WARNING,
-                "%s will be tried again in %.0f s: %s",
-                name,
-                delay,
-                shown,
-            )
-        self._report_waiting()
-        self._retry_later(path, delay)
-
-    def _stop_waiting(self, path: Path) -> None:
-        if self.waiting.pop(path, None) is None:
-            return
-        if self.health is not None and "folder_problem" not in self.waiting.values():
-            self.health.folders(None)
-        self._report_waiting()
-
-    def _report_waiting(self) -> None:
-        if self.health is not None:
-            self.health.waiting(dict(Counter(self.waiting.values())))
-
-    async def _log_error(self, name: str, exc: Exception) -> None:
-        """An `ingest.error_log` row for a problem a person must mend; best effort."""
-        try:
-            async with self.loader.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
-                await ledger.log_error(conn, "watcher", str(exc), {"error": type(exc).__name__, "file": name})
-        except Exception as db_exc:  # the database may be away too: the log line stands
-            log.debug("could not record the problem in ingest.error_log: %s", db_exc)
-
-    async def _finish(self, outcome: FileOutcome, seconds: float) -> None:
-        self._count(outcome)
+    async def finish(self, outcome: FileOutcome, seconds: float) -> None:
+        """Count a file's outcome (a drop's, or a pulled file's) and run the follow-up."""
+        self.result.count(outcome)
         if self.health is not None and outcome.status != "skipped":
             self.health.observe(outcome.status, outcome.rows_loaded, outcome.rows_rejected, seconds)
         if self.on_outcome is not None:
             await self.on_outcome(outcome)
 
-    async def _pull_loop(self, stop: asyncio.Event) -> None:
-        assert self.puller is not None
-        schedule = PullSchedule(self.settings.epms_pull_seconds)
-        while not stop.is_set():
-            started = time.monotonic()
-            arrived = False
-            try:
-                result = await self.puller.pull(self._stop_pulling)
-            except PullCancelled:
-                return
-            except TransientError as exc:  # PostgreSQL away, or another process moved the watermark
-                error: str | None = str(exc)
-            except Exception as exc:
-                if is_transient(exc):
-                    error = f"PostgreSQL is not reachable ({exc})"
-                else:
-                    log.exception("unexpected error while pulling the ERP")
-                    error = str(exc)
-            else:
-                error = result.error
-                arrived = result.rows_arrived
-                for outcome in result.outcomes:
-                    await self._finish(outcome, time.monotonic() - started)
-            if self.health is not None:
-                self.health.erp(error is None)
-            wait = schedule.next_wait(arrived)
-            if error is not None:
-                log.warning("ERP pull failed: %s; trying again in %.0f s", error, wait)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
-
-    def _count(self, outcome: FileOutcome) -> None:
-        if outcome.status == "skipped":
-            return
-        self.result.outcomes.append(outcome)
-        del self.result.outcomes[:-100]
-        if outcome.status == "failed":
-            self.result.failed += 1
-        elif outcome.status == "duplicate":
-            self.result.duplicates += 1
-        else:
-            self.result.loaded += 1
-
-    async def run(self, stop: asyncio.Event) -> WatchResult:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set, then finish or roll back the files in hand."""
         check_state_folders(self.folder)  # refuse to start rather than move files through a link
-        loop = asyncio.get_running_loop()
-        if not self.settings.watch_polling:
-            # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with
-            # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
-            # a file renamed in is noted as created, which is all the watcher needs.
-            InotifyMoveEventGrouper.delay = 0
-        observer: BaseObserver = PollingObserver(timeout=1) if self.settings.watch_polling else Observer()
-        observer.schedule(_Events(loop, self.note, self.folder), str(self.folder), recursive=False)
-        observer.start()
+        observer = self._observe()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.ingest_workers)]
         mode = "polling" if self.settings.watch_polling else "inotify"
         log.info("watching %s (%s, %d workers)", self.folder, mode, len(workers))
-        pulling = asyncio.create_task(self._pull_loop(stop)) if self.puller is not None else None
-        if pulling is not None:
-            log.info("pulling the ERP at most %.0f s apart", self.settings.epms_pull_seconds)
+        try:
+            await self._tick_until(stop)
+        finally:
+            observer.stop()
+            await self._drain(workers)
+            observer.join(timeout=5)
+
+    def _observe(self) -> BaseObserver:
+        if not self.settings.watch_polling:
+            # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with
+            # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
+            # a file renamed in is noted as moved in, which is all the watcher needs.
+            InotifyMoveEventGrouper.delay = 0
+        observer: BaseObserver = PollingObserver(timeout=1) if self.settings.watch_polling else Observer()
+        handler = _Events(asyncio.get_running_loop(), self.note, self.folder)
+        observer.schedule(handler, str(self.folder), recursive=False)
+        observer.start()
+        return observer
+
+    async def _tick_until(self, stop: asyncio.Event) -> None:
         self.rescan()
         tick = min(0.25, max(0.05, self.settings.watch_settle_seconds / 4))
         next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
-        probe: asyncio.Task[None] | None = None
-        next_probe = 0.0
-        try:
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=tick)
-                except TimeoutError:
-                    pass
-                self._settle()
-                if self.health is not None:
-                    self.health.beat()
-                    self.health.queue_depth.set(len(self.candidates) + len(self.in_flight))
-                    if time.monotonic() >= next_probe and (probe is None or probe.done()):
-                        next_probe = time.monotonic() + PROBE_EVERY_S
-                        probe = asyncio.create_task(self._probe_database())
-                if time.monotonic() >= next_rescan:
-                    next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
-                    self.rescan()
-        finally:
-            if probe is not None:
-                probe.cancel()
-                await asyncio.gather(probe, return_exceptions=True)
-            observer.stop()
-            # The pull in hand and the files in hand share one grace period.
-            await asyncio.gather(self._drain(workers), *([self._stop_pull(pulling)] if pulling else []))
-            observer.join(timeout=5)
-        log.info(
-            "stopped watching: %d loaded, %d duplicates, %d failed",
-            self.result.loaded,
-            self.result.duplicates,
-            self.result.failed,
-        )
-        return self.result
-
-    async def _probe_database(self) -> None:
-        assert self.health is not None
-        try:
-            async with self.loader.db.connection(timeout=PROBE_TIMEOUT_S) as conn:
-                await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
-            self.health.database(True)
-        except Exception:  # any failure means: not answering now
-            self.health.database(False)
-
-    async def _stop_pull(self, pulling: asyncio.Task[None]) -> None:
-        """A pull in hand gets the grace period; if it is still reading or loading then, it stops
-        and rolls back (its watermark stays, so the next start reads the same rows again)."""
-        self._stop_pulling.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(pulling), timeout=STOP_GRACE_SECONDS)
-        except TimeoutError:
-            log.warning("stopping the ERP pull in hand; its rows are read again next time")
-            pulling.cancel()
-        except Exception:
-            log.exception("the ERP pull loop failed")
-        await asyncio.gather(pulling, return_exceptions=True)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            except TimeoutError:
+                pass
+            self.settle()
+            if self.health is not None:
+                self.health.beat()
+                self.health.queue_depth.set(len(self.tracker.candidates) + len(self.in_flight))
+            if time.monotonic() >= next_rescan:
+                next_rescan = time.monotonic() + self.settings.watch_rescan_seconds
+                self.rescan()
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Let the files in hand finish for a grace period, then roll back what is left."""
@@ -480,7 +381,7 @@ class Watcher:
             except TimeoutError:
                 log.warning(
                     "rolling back %s: they stay in the folder for next time",
-                    sorted(p.name for p in self.in_flight),
+                    sorted(display_name(p.name) for p in self.in_flight),
                 )
         for task in workers:
             task.cancel()
@@ -516,8 +417,21 @@ async def run_watcher(
         if prepare is not None and not await _wait_for_database(prepare, stop, health):
             log.info("stopped before PostgreSQL answered; nothing was loaded")
             return WatchResult()
-        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health, puller)
-        return await watcher.run(stop)
+        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health)
+        services: list[Service] = [watcher]
+        if puller is not None:
+            services.append(PullLoop(settings, puller, watcher.finish, health))
+        if health is not None:
+            services.append(DatabaseProbe(db, health))
+        await Supervisor(services, grace=STOP_GRACE_SECONDS + 1).run(stop)
+        result = watcher.result
+        log.info(
+            "stopped watching: %d loaded, %d duplicates, %d failed",
+            result.loaded,
+            result.duplicates,
+            result.failed,
+        )
+        return result
     finally:
         if server is not None:
             server.shutdown()
@@ -530,12 +444,13 @@ async def _wait_for_database(
     """Run `prepare` until it succeeds (True) or `stop` is set (False), waiting 1 s, then twice as
     long each time up to MAX_BACKOFF_SECONDS, while the server is away. A ConfigError (a wrong
     password, no such database) is not waited out: it propagates and the process exits 2."""
-    delay = 1.0
+    backoff = Doubling(longest=MAX_BACKOFF_SECONDS)
     while True:
         try:
             await prepare()
             return True
         except DatabaseUnavailable as exc:
+            delay = backoff.next()
             log.warning("%s; waiting for it, next try in %.0f s", exc.message, delay)
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
@@ -546,4 +461,3 @@ async def _wait_for_database(
                 return False
             except TimeoutError:
                 pass
-        delay = min(MAX_BACKOFF_SECONDS, delay * 2)

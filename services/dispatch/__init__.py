@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.db import Database
+from app.errorlog import log_error
 from app.errors import ConfigError, TransientError
 from app.schema import quote_ident
 from app.settings import Settings
@@ -23,7 +24,6 @@ from models.detrack import AssignmentRules
 from services.dispatch.client import DetrackClient
 from services.dispatch.plan import Assigner, plan_jobs
 from services.dispatch.send import SendCounts, Sender
-from services.ingest.ledger import log_error
 
 log = logging.getLogger(__name__)
 

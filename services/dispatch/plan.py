@@ -19,11 +19,11 @@ from datetime import date
 import asyncpg
 from pydantic import ValidationError
 
+from app.errorlog import log_error
 from app.schema import quote_ident
 from app.settings import Settings
 from app.sqlfiles import sql
 from models.detrack import FINISHED_STATUSES, AssignmentRules, Item, Job
-from services.ingest.ledger import log_error
 
 log = logging.getLogger(__name__)
 

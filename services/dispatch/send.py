@@ -17,12 +17,12 @@ from typing import Any
 
 import asyncpg
 
+from app.errorlog import log_error
 from app.errors import TransientError
 from app.schema import quote_ident
 from app.settings import Settings
 from models.detrack import FINISHED_STATUSES
 from services.dispatch.client import BULK_LIMIT, DetrackClient
-from services.ingest.ledger import log_error
 
 log = logging.getLogger(__name__)
 

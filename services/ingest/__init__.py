@@ -14,8 +14,9 @@ from app.db import Database
 from app.errors import LoadbayError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from models.outcomes import FileOutcome
 from services.ingest.files import check_state_folders, display_name, is_candidate_name
-from services.ingest.loader import FileOutcome, Loader
+from services.ingest.loader import Loader
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -75,8 +76,8 @@ async def finish_load(
     rows_loaded: int,
     rows_rejected: int,
     warnings: list[dict[str, object]],
-) -> str:
-    status = "loaded_with_rejects" if rows_rejected else "loaded"
+) -> Literal["loaded", "loaded_with_rejects"]:
+    status: Literal["loaded", "loaded_with_rejects"] = "loaded_with_rejects" if rows_rejected else "loaded"
     await conn.execute(
         """
         UPDATE ingest.files
@@ -111,27 +112,6 @@ def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[o
 
 async def set_moved(conn: asyncpg.Connection, file_id: int, moved_to: str) -> None:
     await conn.execute("UPDATE ingest.files SET moved_to = $2 WHERE id = $1", file_id, display_name(moved_to))
-
-
-async def log_error(
-    conn: asyncpg.Connection,
-    component: str,
-    message: str,
-    detail: dict[str, object],
-    *,
-    file_id: int | None = None,
-    do_number: str | None = None,
-) -> None:
-    """One row in ingest.error_log; every component records its failures here."""
-    await conn.execute(
-        "INSERT INTO ingest.error_log (component, message, detail, file_id, do_number) "
-        "VALUES ($1, $2, $3::jsonb, $4, $5)",
-        component,
-        message,
-        json.dumps(detail, default=str),
-        file_id,
-        do_number,
-    )
 
 
 async def find_unmoved(conn: asyncpg.Connection, name: str, sha256: str, status: str) -> int | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from app.db import Database, is_transient
+from app.errorlog import log_error
 from app.errors import (
     ConfigError,
     EmptyFile,
@@ -34,6 +35,7 @@ from app.errors import (
 from app.schema import record_sequence
 from app.settings import Settings
 from models.datasets import DatasetRegistry, DatasetSpec
+from models.outcomes import FileOutcome
 from services.ingest import ledger
 from services.ingest.csv_load import (
     copy_fast,
@@ -66,24 +68,6 @@ from services.ingest.source import Stream
 log = logging.getLogger(__name__)
 
 _TABLE_LOCK_SPACE = 0x6C6F6164  # "load": advisory-lock namespace for per-table load serialisation
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    """What happened to one file. `status` is a ledger status, or `skipped` / `busy`."""
-
-    name: str
-    status: str
-    file_id: int | None = None
-    dataset: str | None = None
-    rows_loaded: int = 0
-    rows_rejected: int = 0
-    error: str | None = None
-    moved_to: Path | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "failed"
 
 
 @dataclass(frozen=True)
@@ -321,7 +305,7 @@ class Loader:
             return await self._move_failed(conn, file, dataset, exc, retry)
         async with conn.transaction():
             file_id = await _record(conn, file, dataset, "failed", error=message)
-            await ledger.log_error(
+            await log_error(
                 conn,
                 "ingest",
                 message,

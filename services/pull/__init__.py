@@ -26,12 +26,14 @@ from typing import TypeVar
 import asyncpg
 
 from app.db import Database
+from app.errorlog import log_error
 from app.errors import ConfigError, ErpError, WatermarkMoved
 from app.settings import Settings
 from models.datasets import DatasetRegistry
+from models.outcomes import FileOutcome
 from services.ingest import ledger
 from services.ingest.files import move_to_processed
-from services.ingest.loader import FileOutcome, Loader, Origin
+from services.ingest.loader import Loader, Origin
 from services.pull import watermark
 from services.pull.erp import Erp, Fetched, Table, check_query, driver_manager, quote_name
 
@@ -245,7 +247,7 @@ class Puller:
     async def _failed(self, conn: asyncpg.Connection, result: PullResult, message: str) -> PullResult:
         result.error = message
         if message != self._last_error:  # one error_log row per streak, not one per retry
-            await ledger.log_error(conn, "pull", message, {"tables": [t.label for t in self.tables]})
+            await log_error(conn, "pull", message, {"tables": [t.label for t in self.tables]})
         self._last_error = message
         return result
 

@@ -17,7 +17,8 @@ from app.db import Database, is_transient
 from app.errors import FileChanged, FileStillOpen, FolderProblem
 from app.settings import Settings
 from models.datasets import DatasetRegistry
-from services.ingest.loader import FileOutcome, Loader, Origin
+from models.outcomes import FileOutcome
+from services.ingest.loader import Loader, Origin
 from tests.conftest import run_cli
 from tests.integration.helpers import METER_HEADER, drop, ingest, meter_rows, with_db
 from tests.pg import execute, fetch, fetchval
