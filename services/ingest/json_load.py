@@ -48,6 +48,7 @@ from services.ingest.source import Stream, decode_line, numbered_lines
 
 WRAPPER_KEYS = ("data", "records", "items", "results")
 MAX_NDJSON_LINE = 16 << 20
+MAX_RECORD_BYTES = MAX_NDJSON_LINE  # a record of a .json file: the same bound as an NDJSON line
 _HINT = "Check that the file is complete (not cut off) and is JSON; a CSV file must be named .csv"
 _TOO_DEEP = f"nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
 _DEEP_HINT = (
@@ -82,7 +83,10 @@ class JsonSource:
         try:
             if prefix is None:
                 prefix = self._object_prefix()
-            yield from ijson.items(self.stream, prefix, use_float=False, buf_size=65536)
+            self.stream.record_limit = MAX_RECORD_BYTES
+            for record in ijson.items(self.stream, prefix, use_float=False, buf_size=65536):
+                yield record
+                self.stream.mark()
         except ijson.JSONError as exc:
             raise self._malformed(exc) from None
 
@@ -147,6 +151,9 @@ class _Tail:
         self._tail = b""
         self._started = False
         self._nesting = NestingCounter()
+        # The parser builds a whole record before handing it out: a record may not run longer.
+        self.record_limit: int | None = None
+        self._record_start = 0
 
     def reopen(self) -> Stream:
         return self._stream.reopen()
@@ -164,8 +171,18 @@ class _Tail:
                 file_name=self._label,
             )
         self.consumed += len(data)
+        if self.record_limit is not None and self.consumed - self._record_start > self.record_limit:
+            raise MalformedFile(
+                f"a record runs past byte {self.consumed}, longer than {self.record_limit >> 20} MiB",
+                hint="A record this large is not a data row; split the data into records",
+                file_name=self._label,
+            )
         self._tail = (self._tail + data)[-(2 * 65536) :]
         return data
+
+    def mark(self) -> None:
+        """A record was handed out: the next one starts here."""
+        self._record_start = self.consumed
 
     def readline(self, limit: int) -> bytes:
         line = self._stream.readline(limit)
@@ -328,29 +345,38 @@ class _Batch:
 
 def _batches(source: JsonSource, rows: JsonRows) -> Iterator[_Batch]:
     batch = _Batch()
-    record_no = 0
-    for record in source.records():
-        record_no += 1
+    for record_no, record in enumerate(source.records(), start=1):
         batch.parent.records += 1
         row, children = rows.build(record, record_no, source.line_no)
         if isinstance(row, Reject):
             batch.parent.rejects.append(row if row.raw else _with_raw(row, record))
-            continue
-        batch.parent.add(row, record_no, source.line_no, record)
-        for name, items in children.items():
-            child_rows = rows.children[name]
-            chunk = batch.children.setdefault(name, Chunk(keep_empty_strings=True))
-            for item in items:
-                chunk.records += 1
-                child_row, _ = child_rows.build(item, record_no, source.line_no)
-                if isinstance(child_row, Reject):
-                    chunk.rejects.append(_with_raw(child_row, item))
-                else:
-                    chunk.add(child_row, record_no, source.line_no, item)
+        else:
+            batch.parent.add(row, record_no, source.line_no, record)
+            _add_children(batch, rows, children, record_no, source.line_no)
         if batch.parent.full():
             yield batch
             batch = _Batch()
     yield batch
+
+
+def _add_children(
+    batch: _Batch,
+    rows: JsonRows,
+    children: dict[str, list[dict[str, object]]],
+    record_no: int,
+    line_no: int | None,
+) -> None:
+    """The child rows of one parent record (a shipment's packages) into the batch."""
+    for name, items in children.items():
+        child_rows = rows.children[name]
+        chunk = batch.children.setdefault(name, Chunk(keep_empty_strings=True))
+        for item in items:
+            chunk.records += 1
+            child_row, _ = child_rows.build(item, record_no, line_no)
+            if isinstance(child_row, Reject):
+                chunk.rejects.append(_with_raw(child_row, item))
+            else:
+                chunk.add(child_row, record_no, line_no, item)
 
 
 def _with_raw(reject: Reject, item: object) -> Reject:

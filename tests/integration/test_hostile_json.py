@@ -280,3 +280,47 @@ def test_deep_package_in_an_ndjson_shipment_rejects_the_shipment_and_its_package
         ("shipments", 2, 2, f"the line nests arrays and objects deeper than 64 levels (at column {column})")
     ]
     assert [r["package_id"] for r in fetch(dsn, "SELECT package_id FROM staging.packages")] == ["P1"]
+
+
+# --- records too big for the parser ----------------------------------------------------------------
+
+
+def _gzip_of_one_huge_record(path: Path, value_bytes: int) -> None:
+    """A .json.gz whose one record holds a `value_bytes` long string, written in compressed blocks."""
+    block = b"x" * (1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(b'[{"meter_id": "M1", "reading_at": "2024-01-01T00:00:00Z", "note": "')
+        for _ in range(value_bytes >> 20):
+            out.write(block)
+        out.write(b'"}]\n')
+
+
+@pytest.mark.slow
+def test_a_gibibyte_record_in_a_json_gzip_fails_in_bounded_memory(
+    settings: Settings, dsn: str, workdir: Path
+) -> None:
+    path = settings.imports_dir / "meter_huge_record.json.gz"
+    _gzip_of_one_huge_record(path, 1 << 30)
+
+    peak = _ingest_measured(dsn, workdir, path)
+
+    assert peak <= 150
+    [file] = fetch(dsn, "SELECT status, error FROM ingest.files")
+    assert file["status"] == "failed"
+    assert file["error"].startswith("a record runs past byte ")
+    assert file["error"].endswith(
+        ", longer than 16 MiB. A record this large is not a data row; split the data into records"
+    )
+    assert (settings.imports_dir / "failed" / "meter_huge_record.json.gz").exists()
+
+
+def test_a_record_just_under_the_limit_loads(settings: Settings, dsn: str) -> None:
+    record = {"meter_id": "M1", "reading_at": "2024-01-01T00:00:00Z", "power_w": 5, "note": "x" * (15 << 20)}
+    path = drop(
+        settings.imports_dir, "meter_big_record.json", json.dumps([record, record | {"meter_id": "M2"}])
+    )
+    [outcome] = ingest(settings, path).outcomes
+    assert (outcome.status, outcome.rows_loaded) == ("loaded", 2)
+    assert fetchval(
+        dsn, "SELECT length(_extra->>'note') FROM staging.meter_readings WHERE meter_id = 'M2'"
+    ) == (15 << 20)
