@@ -49,10 +49,8 @@ from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
 from services.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, DatabaseProbe, Health
-from services.ingest.files import check_state_folders, display_name, is_candidate_name
-from services.ingest.loader import Loader
-from services.pull import Puller
-from services.pull.loop import PullLoop
+from services.ingest import Loader, check_state_folders, display_name, is_candidate_name
+from services.pull import Puller, PullLoop
 from services.settle import Due, Seen, SettleTracker
 from services.supervisor import Service, Supervisor
 

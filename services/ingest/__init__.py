@@ -1,6 +1,8 @@
 """Ingest: files in a drop folder become typed staging rows, exactly once.
 
 `run_ingest` is the `--ingest` entry point; the watcher calls the same `Loader` for each file.
+This package's names below are its interface to the other stages (the watcher, the ERP pull);
+they import nothing else from it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,24 @@ from app.errors import LoadbayError
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
-from services.ingest.files import check_state_folders, display_name, is_candidate_name
+from services.ingest.claim import Origin
+from services.ingest.files import check_state_folders, display_name, is_candidate_name, move_to_processed
+from services.ingest.ledger import find_unmoved_load, set_moved
 from services.ingest.loader import Loader
+
+__all__ = [
+    "IngestResult",
+    "Loader",
+    "Origin",
+    "check_state_folders",
+    "display_name",
+    "find_unmoved_load",
+    "is_candidate_name",
+    "move_to_processed",
+    "pending_files",
+    "run_ingest",
+    "set_moved",
+]
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import AnyStr
 
 import asyncpg
 
 from app.db import unless_connection_lost
 from app.errors import MalformedFile, MissingColumns
-from models.datasets import ColumnSpec, DatasetSpec, normalise_header
+from models.datasets import DatasetSpec
+from models.headers import HeaderMap, HeaderProblem, match_header
 from services.ingest import ledger
 from services.ingest.rows import (
     CHUNK_ROWS,
@@ -56,21 +56,6 @@ PG_ENCODINGS = {
     "cp1250": "WIN1250",
     "ascii": "SQL_ASCII",
 }
-
-
-@dataclass
-class HeaderMap:
-    """How the fields of a file's header map onto the dataset's columns."""
-
-    fields: list[str]
-    targets: list[ColumnSpec | None]
-
-    @property
-    def extras(self) -> list[int]:
-        return [i for i, t in enumerate(self.targets) if t is None]
-
-    def mapped(self) -> list[tuple[int, ColumnSpec]]:
-        return [(i, t) for i, t in enumerate(self.targets) if t is not None]
 
 
 def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
@@ -137,38 +122,20 @@ def scan_quotes(text: AnyStr, inside: bool) -> tuple[bool, bool]:
 
 
 def map_header(fields: list[str], dataset: DatasetSpec, label: str) -> HeaderMap:
-    by_name = {name: column for column in dataset.columns for name in column.matches()}
-    targets: list[ColumnSpec | None] = []
-    seen: dict[str, str] = {}
-    for field_name in fields:
-        column = by_name.get(normalise_header(field_name)) if field_name.strip() else None
-        if column is not None and column.column in seen:
+    """The header's mapping onto the dataset, or why the file cannot be loaded."""
+    try:
+        return match_header(fields, dataset)
+    except HeaderProblem as exc:
+        if exc.kind == "clash":
             raise MalformedFile(
-                f"header fields {seen[column.column]!r} and {field_name!r} both map to column "
-                f"{column.column!r} of dataset {dataset.name}",
-                hint="Remove or rename one of them",
-                file_name=label,
-                line_no=1,
-            )
-        if column is not None:
-            seen[column.column] = field_name
-        targets.append(column)
-    expected = ", ".join(c.source for c in dataset.columns)
-    missing = [c.source for c in dataset.columns if c.required and c.column not in seen]
-    missing += [
-        " or ".join(dataset.column(c).source for c in group)
-        for group in dataset.require_any
-        if not set(group) & set(seen)
-    ]
-    if missing:
+                exc.message, hint="Remove or rename one of them", file_name=label, line_no=1
+            ) from None
         raise MissingColumns(
-            f"required column(s) missing for dataset {dataset.name}: {', '.join(missing)}. "
-            f"Found: {', '.join(fields) or '(nothing)'}. Expected: {expected}",
+            exc.message,
             hint="Header names ignore case, spaces and underscores; add aliases in datasets.toml",
             file_name=label,
             line_no=1,
-        )
-    return HeaderMap(fields, targets)
+        ) from None
 
 
 def fast_path_possible(header: HeaderMap, target: Target) -> bool:
@@ -408,8 +375,8 @@ class CsvRows:
         required = [i for i, _ in self.required]
         groups = self.any_groups
         rows, record_nos, line_nos = chunk.rows, chunk.record_nos, chunk.line_nos
-        # A hot loop (a million lines take about a second): the common checks are inlined, and a
-        # line that looks wrong goes to _check, which says what is wrong.
+        # A hot loop (a million lines take about a second), so one long function: the common checks
+        # are inlined, and a line that looks wrong goes to _check, which says what is wrong.
         while raw := readline(MAX_LINE_BYTES + 1):
             line_no += 1
             if chunk.records >= CHUNK_ROWS:  # bad records count too: memory stays bounded

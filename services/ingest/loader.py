@@ -13,22 +13,17 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
 from app.db import Database, is_transient
-from app.errorlog import log_error
 from app.errors import (
     ConfigError,
     EmptyFile,
-    FileChanged,
     FileRejected,
     FileUnreadable,
-    GaveUp,
     TransientError,
     UnknownDataset,
 )
@@ -37,6 +32,15 @@ from app.settings import Settings
 from models.datasets import DatasetRegistry, DatasetSpec
 from models.outcomes import FileOutcome
 from services.ingest import ledger
+from services.ingest.claim import (
+    DROP,
+    ClaimedFile,
+    Origin,
+    fail,
+    finish_duplicate,
+    gave_up,
+    record,
+)
 from services.ingest.csv_load import (
     copy_fast,
     copy_robust,
@@ -46,7 +50,6 @@ from services.ingest.csv_load import (
 )
 from services.ingest.files import (
     FileFormat,
-    FileIdentity,
     check_state_folders,
     display_name,
     file_format,
@@ -55,11 +58,9 @@ from services.ingest.files import (
     ignore_lease_breaks,
     is_candidate_name,
     is_regular_file,
-    move_to_failed,
     move_to_processed,
     open_no_follow,
     still_there,
-    unchanged_since_hashed,
 )
 from services.ingest.json_load import copy_json, first_record_keys
 from services.ingest.rows import NO_ROWS_HINT, LoadStats, Target
@@ -68,50 +69,6 @@ from services.ingest.source import Stream
 log = logging.getLogger(__name__)
 
 _TABLE_LOCK_SPACE = 0x6C6F6164  # "load": advisory-lock namespace for per-table load serialisation
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a file comes from. A drop is found by its name or header and may be a duplicate; a
-    file written by loadbay itself (an ERP pull) knows its dataset and is new by construction."""
-
-    source: str = "drop"
-    dataset: DatasetSpec | None = None
-    # Rows are rejected one by one but never fail the whole file (None: the dataset's limit).
-    max_reject_ratio: float | None = None
-    # Same bytes loaded before: record a duplicate. Off for pulls, where a row changed and changed
-    # back gives the same bytes as an earlier pull, yet must be loaded again to be current.
-    dedupe: bool = True
-    # Folder whose processed/ and failed/ receive the file (None: the file's own folder).
-    root: Path | None = None
-    # Runs inside the load's transaction just before it commits (the pull's watermark update):
-    # the work and the load commit together or not at all.
-    before_commit: Callable[[asyncpg.Connection, int], Awaitable[None]] | None = None
-
-
-DROP = Origin()
-
-
-@dataclass(frozen=True)
-class _File:
-    path: Path
-    fd: int
-    sha256: str
-    identity: FileIdentity
-    received_at: datetime | None
-    origin: Origin
-
-    @property
-    def name(self) -> str:
-        return display_name(self.path.name)
-
-    def check_unchanged(self) -> None:
-        """Raise FileChanged unless the file is still exactly the one that was hashed."""
-        if not unchanged_since_hashed(self.path, self.fd, self.identity):
-            raise FileChanged(
-                f"{self.name} changed while it was loaded",
-                hint="It was still being written; it will be loaded once it is complete",
-            )
 
 
 class Loader:
@@ -143,11 +100,11 @@ class Loader:
             # Held until the file is moved (closing fd ends it): no writer can slip in meanwhile.
             hold_read_lease(fd)
             sha256, identity = await asyncio.to_thread(hash_fd, fd)
-            return await self._claim(_File(path, fd, sha256, identity, received_at, origin))
+            return await self._claim(ClaimedFile(path, fd, sha256, identity, received_at, origin))
         finally:
             os.close(fd)
 
-    async def _claim(self, file: _File) -> FileOutcome:
+    async def _claim(self, file: ClaimedFile) -> FileOutcome:
         key = int.from_bytes(bytes.fromhex(file.sha256[:16]), "big", signed=True)
         async with self.db.connection() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
@@ -162,12 +119,12 @@ class Loader:
                 except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
                     pass  # the connection is gone, and its session's locks with it
 
-    async def _claimed(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
+    async def _claimed(self, conn: asyncpg.Connection, file: ClaimedFile) -> FileOutcome:
         # Where the file will go must be safe before anything is loaded or recorded.
         check_state_folders(file.origin.root or file.path.parent)
         tried = await ledger.failed_attempts(conn, file.name, file.sha256)
         if tried is not None and tried.attempts >= self.settings.ingest_max_attempts:
-            return await self._fail(conn, file, None, _gave_up(file, tried))
+            return await fail(conn, file, None, gave_up(file, tried))
         try:
             return await self._recognised(conn, file)
         except Exception as exc:
@@ -177,9 +134,9 @@ class Loader:
             if tried.attempts < self.settings.ingest_max_attempts:
                 raise
             log.error("%s failed %d times in a row", file.name, tried.attempts, exc_info=exc)
-            return await self._fail(conn, file, None, _gave_up(file, tried))
+            return await fail(conn, file, None, gave_up(file, tried))
 
-    async def _recognised(self, conn: asyncpg.Connection, file: _File) -> FileOutcome:
+    async def _recognised(self, conn: asyncpg.Connection, file: ClaimedFile) -> FileOutcome:
         dataset: DatasetSpec | None = None
         try:
             fmt = file_format(file.name)
@@ -192,12 +149,12 @@ class Loader:
             if file.origin.dedupe:
                 existing = await ledger.find_loaded(conn, known.name, file.sha256)
                 if existing is not None:
-                    return await self._already_loaded(conn, file, known, existing)
+                    return await finish_duplicate(conn, file, known, existing)
             return await self._load(conn, file, fmt, known)
         except FileRejected as exc:
-            return await self._fail(conn, file, dataset, exc)
+            return await fail(conn, file, dataset, exc)
 
-    def _detect(self, file: _File, fmt: FileFormat) -> DatasetSpec:
+    def _detect(self, file: ClaimedFile, fmt: FileFormat) -> DatasetSpec:
         by_name = self.registry.by_name(file.name)
         if by_name is not None:
             return by_name
@@ -217,38 +174,12 @@ class Loader:
             file_name=file.name,
         )
 
-    async def _already_loaded(
-        self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec, existing: asyncpg.Record
-    ) -> FileOutcome:
-        if existing["name"] == file.name and existing["moved_to"] is None:
-            # The load committed but the process stopped before the move: finish the move.
-            moved = move_to_processed(file.path, existing["id"], file.origin.root)
-            await ledger.set_moved(conn, existing["id"], str(moved))
-            log.info("%s (#%d) was already loaded; moved it to %s", file.name, existing["id"], moved)
-            return FileOutcome(file.name, existing["status"], existing["id"], dataset.name, moved_to=moved)
-        # A duplicate recorded before whose move failed is finished, not recorded again.
-        file_id = await ledger.find_unmoved(conn, file.name, file.sha256, "duplicate")
-        if file_id is None:
-            async with conn.transaction():
-                file_id = await _record(conn, file, dataset, "duplicate", duplicate_of=existing["id"])
-                await ledger.forget_attempts(conn, file.name)
-        moved = move_to_processed(file.path, file_id, file.origin.root)
-        await ledger.set_moved(conn, file_id, str(moved))
-        log.info(
-            "%s (#%d) is a duplicate of #%d (%s); no rows loaded",
-            file.name,
-            file_id,
-            existing["id"],
-            existing["name"],
-        )
-        return FileOutcome(file.name, "duplicate", file_id, dataset.name, moved_to=moved)
-
     async def _load(
-        self, conn: asyncpg.Connection, file: _File, fmt: FileFormat, dataset: DatasetSpec
+        self, conn: asyncpg.Connection, file: ClaimedFile, fmt: FileFormat, dataset: DatasetSpec
     ) -> FileOutcome:
         started = time.monotonic()
         async with conn.transaction():
-            file_id = await _record(conn, file, dataset, "loading")
+            file_id = await record(conn, file, dataset, "loading")
             log.info("loading %s (#%d) as %s", file.name, file_id, dataset.name)
             target = Target(
                 schema=self.settings.staging_schema,
@@ -295,99 +226,9 @@ class Loader:
                 return ratio
         return self.settings.max_reject_ratio
 
-    async def _fail(
-        self, conn: asyncpg.Connection, file: _File, dataset: DatasetSpec | None, exc: FileRejected
-    ) -> FileOutcome:
-        message = str(exc)
-        retry = await ledger.find_unmoved(conn, file.name, file.sha256, "failed")
-        if retry is not None:
-            # Recorded as failed before, but the move did not happen: finish it, record nothing new.
-            return await self._move_failed(conn, file, dataset, exc, retry)
-        async with conn.transaction():
-            file_id = await _record(conn, file, dataset, "failed", error=message)
-            await log_error(
-                conn,
-                "ingest",
-                message,
-                {"error": _error_type(exc), "file": file.name, "line": exc.line_no},
-                file_id=file_id,
-            )
-            await ledger.forget_attempts(conn, file.name)
-        return await self._move_failed(conn, file, dataset, exc, file_id)
-
-    async def _move_failed(
-        self,
-        conn: asyncpg.Connection,
-        file: _File,
-        dataset: DatasetSpec | None,
-        exc: FileRejected,
-        file_id: int,
-    ) -> FileOutcome:
-        message = str(exc)
-        moved = move_to_failed(
-            file.path,
-            file_id,
-            {
-                "file": file.name,
-                "file_id": file_id,
-                "dataset": dataset.name if dataset else None,
-                "sha256": file.sha256,
-                "failed_at": datetime.now(UTC).isoformat(),
-                "error": _error_type(exc),
-                "message": exc.message,
-                "hint": exc.hint,
-                "line": exc.line_no,
-            },
-            file.origin.root,
-        )
-        await ledger.set_moved(conn, file_id, str(moved))
-        log.warning("failed %s (#%d): %s; moved to %s", file.name, file_id, message, moved)
-        return FileOutcome(
-            file.name, "failed", file_id, dataset.name if dataset else None, error=message, moved_to=moved
-        )
-
-
-def _gave_up(file: _File, tried: ledger.Tries) -> GaveUp:
-    return GaveUp(
-        f"loading it failed {tried.attempts} times; last error {tried.error_type}: {tried.last_error}",
-        hint="Keep the file and its .error.json for a bug report; drop the file again to retry "
-        "(INGEST_MAX_ATTEMPTS sets the number of tries)",
-        file_name=file.name,
-        cause_type=tried.error_type,
-    )
-
-
-def _error_type(exc: FileRejected) -> str:
-    """The error's class name; for a file loadbay gave up on, the class of the error behind it."""
-    return exc.cause_type if isinstance(exc, GaveUp) else type(exc).__name__
-
-
-async def _record(
-    conn: asyncpg.Connection,
-    file: _File,
-    dataset: DatasetSpec | None,
-    status: str,
-    *,
-    error: str | None = None,
-    duplicate_of: int | None = None,
-) -> int:
-    """The file's row in the ledger; its id is the file's id everywhere else."""
-    return await ledger.insert_file(
-        conn,
-        name=file.name,
-        dataset=dataset.name if dataset else None,
-        sha256=file.sha256,
-        size_bytes=file.identity.size,
-        status=status,
-        received_at=file.received_at,
-        error=error,
-        duplicate_of=duplicate_of,
-        source=file.origin.source,
-    )
-
 
 async def load_file(
-    conn: asyncpg.Connection, file: _File, fmt: FileFormat, target: Target, registry: DatasetRegistry
+    conn: asyncpg.Connection, file: ClaimedFile, fmt: FileFormat, target: Target, registry: DatasetRegistry
 ) -> LoadStats:
     await conn.execute(
         "SELECT set_config('loadbay.file_id', $1, true), set_config('TimeZone', $2, true), "

@@ -31,11 +31,12 @@ from app.errors import ConfigError, ErpError, WatermarkMoved
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
-from services.ingest import ledger
-from services.ingest.files import move_to_processed
-from services.ingest.loader import Loader, Origin
+from services.ingest import Loader, Origin, find_unmoved_load, move_to_processed, set_moved
 from services.pull import watermark
 from services.pull.erp import Erp, Fetched, Table, check_query, driver_manager, quote_name
+from services.pull.loop import PullLoop
+
+__all__ = ["PullLoop", "PullResult", "Puller", "run_pull"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,13 +230,13 @@ class Puller:
         processed/; if not, delete it (the watermark did not move, so its rows come again)."""
         if not spool.exists():
             return
-        file_id = await ledger.find_unmoved_load(conn, spool.name, SOURCE)
+        file_id = await find_unmoved_load(conn, spool.name, SOURCE)
         if file_id is None:
             spool.unlink(missing_ok=True)
             log.info("removed %s: its pull did not finish, so its rows are read again", spool.name)
             return
         moved = move_to_processed(spool, file_id, self.settings.imports_dir)
-        await ledger.set_moved(conn, file_id, str(moved))
+        await set_moved(conn, file_id, str(moved))
 
     async def _settle_quietly(self, spool: Path) -> None:
         try:

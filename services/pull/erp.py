@@ -32,9 +32,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, ErpError, MissingColumns, PullCancelled
+from app.errors import ConfigError, ErpError, PullCancelled
 from models.datasets import DatasetSpec
-from services.ingest.csv_load import map_header
+from models.headers import HeaderProblem, match_header
 from services.pull.watermark import Watermark, kind_of
 
 LOGIN_TIMEOUT_S = 30
@@ -253,8 +253,8 @@ class Erp:
 
     def _header(self, table: Table, names: list[str]) -> Any:
         try:
-            return map_header(names, table.dataset, table.label)
-        except MissingColumns as exc:
+            return match_header(names, table.dataset)
+        except HeaderProblem as exc:
             raise ErpError(f"{table.label} cannot feed dataset {table.dataset.name}: {exc.message}") from None
 
 

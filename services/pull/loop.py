@@ -9,14 +9,17 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from app.db import is_transient
 from app.errors import PullCancelled, TransientError
 from app.settings import Settings
 from models.outcomes import FileOutcome
 from services.health import Health
-from services.pull import Puller
 from services.pull.schedule import PullSchedule
+
+if TYPE_CHECKING:  # the package imports this module
+    from services.pull import Puller
 
 log = logging.getLogger(__name__)
 

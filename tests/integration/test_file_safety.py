@@ -18,7 +18,8 @@ from app.errors import FileChanged, FileStillOpen, FolderProblem
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
-from services.ingest.loader import Loader, Origin
+from services.ingest.claim import Origin
+from services.ingest.loader import Loader
 from tests.conftest import run_cli
 from tests.integration.helpers import METER_HEADER, drop, ingest, meter_rows, with_db
 from tests.pg import execute, fetch, fetchval
