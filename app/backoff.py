@@ -31,8 +31,10 @@ class Doubling:
         self._attempt = 0
 
     def next(self) -> float:
+        """The wait now; the next one is twice as long (at most `longest`)."""
         self._attempt += 1
         return doubling(self._attempt, longest=self.longest, first=self.first)
 
     def reset(self) -> None:
+        """Start again from `first` (the thing waited for happened)."""
         self._attempt = 0

@@ -12,6 +12,7 @@ from models.datasets import DatasetRegistry
 
 
 def load_registry(settings: Settings) -> DatasetRegistry:
+    """The built-in datasets plus those declared in DATASETS_FILE (when it exists)."""
     path = settings.datasets_file
     data: dict[str, object] = {}
     if path.exists():

@@ -160,6 +160,7 @@ class Target:
 
 
 def target_of(dsn: str) -> Target:
+    """Where a DSN points, for messages: user, host, port and database, never the password."""
     parts = urlsplit(dsn)
     query = parse_qs(parts.query)
     host = parts.hostname or query.get("host", ["localhost"])[0]
@@ -255,6 +256,7 @@ def start_embedded(data_dir: Path) -> str:
 
 
 def resolve_dsn(settings: Settings) -> str:
+    """The DSN to use: DATABASE_URL, or the embedded server started in EMBEDDED_DB_DIR."""
     url = settings.database_url.get_secret_value().strip()
     return asyncpg_dsn(url) if url else start_embedded(settings.embedded_db_dir)
 
@@ -282,6 +284,7 @@ class Database:
 
     @asynccontextmanager
     async def connection(self, timeout: float = 30) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one piece of work; DatabaseUnavailable when the server is away."""
         pool = await self._get_pool()
         try:
             conn = await pool.acquire(timeout=timeout)
@@ -299,6 +302,7 @@ class Database:
                 log.debug("released a broken connection", exc_info=True)
 
     async def close(self) -> None:
+        """Close the pool (its connections end)."""
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

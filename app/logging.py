@@ -33,6 +33,7 @@ class JsonFormatter(logging.Formatter):
     _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON object: time, level, logger, message (and the traceback when there is one)."""
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
@@ -55,6 +56,7 @@ class _WatchdogShutdownNoise(logging.Filter):
 
 
 def setup_logging(settings: Settings) -> None:
+    """Log to stdout and to a rotating logs/loadbay.log, as text or JSON (LOG_FORMAT)."""
     formatter: logging.Formatter = (
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )

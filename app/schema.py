@@ -22,18 +22,22 @@ _RULE_PREFIX = "lb_rule_"
 
 
 def quote_ident(name: str) -> str:
+    """A configured identifier, validated, in double quotes."""
     return '"' + name.replace('"', '""') + '"'
 
 
 def table_name(schema: str, table: str) -> str:
+    """`"schema"."table"`, both validated and quoted."""
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
 def sqlalchemy_url(dsn: str) -> str:
+    """The DSN in the form SQLAlchemy (Alembic) takes, with its asyncpg driver."""
     return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
 
 
 def record_sequence(schema: str, dataset: DatasetSpec) -> str:
+    """The sequence that numbers a staging table's records (`_record_no`)."""
     return table_name(schema, f"{dataset.table}__record_no")
 
 
@@ -50,6 +54,7 @@ def row_rules(dataset: DatasetSpec) -> dict[str, str]:
 
 
 def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
+    """CREATE TABLE for one dataset's staging table, from its declaration."""
     table = table_name(schema, dataset.table)
     sequence = record_sequence(schema, dataset)
     data_columns = ", ".join(f"{quote_ident(c.column)} {SQL_TYPES[c.type]}" for c in dataset.columns)
@@ -77,6 +82,7 @@ def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
 
 
 def sync_staging_tables(conn: Connection, settings: Settings, registry: DatasetRegistry) -> None:
+    """Create missing staging tables and add columns a dataset declares since; never drops."""
     schema = settings.staging_schema
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
     for dataset in registry.datasets:

@@ -120,14 +120,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA time zone name (e.g. UTC, Europe/London)") from None
         return value
 
-    @property
-    def processed_dir(self) -> Path:
-        return self.imports_dir / "processed"
-
-    @property
-    def failed_dir(self) -> Path:
-        return self.imports_dir / "failed"
-
     def ensure_folders(self) -> None:
+        """Create IMPORTS_DIR, EXPORTS_DIR and LOGS_DIR if they are missing (processed/ and failed/
+        are made where a file is moved: beside the file, see services/ingest/files.py)."""
         for folder in (self.imports_dir, self.exports_dir, self.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)

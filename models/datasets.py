@@ -134,6 +134,7 @@ class DatasetSpec(BaseModel):
         return self
 
     def column(self, name: str) -> ColumnSpec:
+        """The column declaration named `name`."""
         return next(c for c in self.columns if c.column == name)
 
 
@@ -296,7 +297,9 @@ class DatasetRegistry:
         return scored[0][1]
 
     def describe(self) -> str:
+        """Every dataset with its file patterns, for messages."""
         return "; ".join(f"{d.name} ({', '.join(d.patterns)})" for d in self.datasets)
 
     def get(self, name: str) -> DatasetSpec:
+        """The dataset named `name` (KeyError if none)."""
         return next(d for d in self.datasets if d.name == name)

@@ -27,4 +27,5 @@ class FileOutcome:
 
     @property
     def failed(self) -> bool:
+        """The file went to failed/."""
         return self.status == "failed"

@@ -12,7 +12,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -25,10 +27,13 @@ STALE_AFTER_S = 30.0  # a watcher loop silent this long is stuck
 PROBE_EVERY_S = 5.0  # how often /healthz's view of the database is refreshed
 PROBE_TIMEOUT_S = 3.0
 # Why a file waits in imports/ (the `reason` label of loadbay_files_waiting).
-WAIT_REASONS = ("writer_open", "unreadable", "folder_problem", "database", "retrying")
+WaitReason = Literal["writer_open", "unreadable", "folder_problem", "database", "retrying"]
+WAIT_REASONS: tuple[WaitReason, ...] = get_args(WaitReason)
 
 
 class Health:
+    """What /healthz and /metrics report: counters, gauges and the problems that make it 503."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.files = Counter("loadbay_files", "Files handled, by outcome", ["status"], registry=self.registry)
@@ -63,25 +68,29 @@ class Health:
         self._folder_problem: str | None = None
 
     def beat(self) -> None:
+        """The watcher's loop is alive (a loop silent for STALE_AFTER_S is reported stalled)."""
         self._beat = time.monotonic()
 
     def database(self, ok: bool) -> None:
+        """Whether PostgreSQL answered the last probe."""
         self._database_ok = ok
         self.database_up.set(1 if ok else 0)
 
     def erp(self, ok: bool) -> None:
+        """Whether the last ERP pull could read the ERP."""
         self.erp_up.set(1 if ok else 0)
 
     def folders(self, problem: str | None) -> None:
         """processed/ or failed/ cannot receive files (`problem` says why), or can again (None)."""
         self._folder_problem = problem
 
-    def waiting(self, counts: dict[str, int]) -> None:
+    def waiting(self, counts: Mapping[str, int]) -> None:
         """How many files wait, by reason; reasons not given are set to 0."""
         for reason in WAIT_REASONS:
             self.files_waiting.labels(reason=reason).set(counts.get(reason, 0))
 
     def observe(self, status: str, rows_loaded: int, rows_rejected: int, seconds: float) -> None:
+        """Count one file's outcome, its rows and how long it took."""
         self.files.labels(status=status).inc()
         self.rows_loaded.inc(rows_loaded)
         self.rows_rejected.inc(rows_rejected)
@@ -90,6 +99,7 @@ class Health:
             self.last_success.set_to_current_time()
 
     def status(self) -> tuple[int, dict[str, object]]:
+        """The /healthz answer: 200 with no problems, else 503 listing them."""
         problems = []
         if not self._database_ok:
             problems.append("database not reachable")

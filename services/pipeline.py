@@ -59,10 +59,12 @@ class LeftOut:
 
     @property
     def rows(self) -> int:
+        """All rows of the file the step did not apply."""
         return self.without_key + self.superseded + self.older
 
 
 def describe_left_out(key: str, without_key: int, superseded: int, older: int) -> str:
+    """`2 without package_id, 1 superseded by a later version`: the non-zero counts, in words."""
     reasons = [
         (without_key, f"without {key}"),
         (superseded, "superseded by a later version"),
@@ -73,6 +75,8 @@ def describe_left_out(key: str, without_key: int, superseded: int, older: int) -
 
 @dataclass(frozen=True)
 class StepResult:
+    """One pipeline step: files applied, rows changed, seconds, and a line of detail."""
+
     step: str
     files: int
     rows: int
@@ -83,10 +87,13 @@ class StepResult:
 
 @dataclass
 class PipelineResult:
+    """What a --pipeline run did, step by step."""
+
     steps: list[StepResult] = field(default_factory=list)
     energy: EnergyResult = field(default_factory=EnergyResult)
 
     def summary(self) -> str:
+        """The table --pipeline prints."""
         lines = [f"{'step':<10} {'files':>5} {'rows':>9} {'seconds':>8}  detail"]
         lines += [f"{s.step:<10} {s.files:>5} {s.rows:>9} {s.seconds:>8.2f}  {s.detail}" for s in self.steps]
         return "\n".join(lines)
@@ -265,10 +272,12 @@ class PipelineRunner:
         self._task: asyncio.Task[None] | None = None
 
     async def after_load(self, outcome: FileOutcome) -> None:
+        """PIPELINE_ON_INGEST: a loaded file asks for a pipeline run."""
         if outcome.status in ("loaded", "loaded_with_rejects"):
             self.request()
 
     def request(self) -> None:
+        """Ask for a run; requests that arrive while one runs are served by one more run."""
         self._requested.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -283,6 +292,7 @@ class PipelineRunner:
                 await record_failure(self.db, exc)
 
     async def close(self) -> None:
+        """Wait for the run in hand to end."""
         if self._task is not None:
             await self._task
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from app.db import Database
+from app.text import table
 
 RECENT_FILES = 20
 NO_FILES = "No files yet. Drop a CSV into the imports folder, or run: python main.py --demo"
@@ -16,6 +17,8 @@ _COLUMNS = ("id", "received (UTC)", "file", "dataset", "status", "rows", "reject
 
 @dataclass
 class StatusResult:
+    """What --status shows: recent files, totals, first rejects, files retrying, ERP pulls."""
+
     files: list[asyncpg.Record]
     totals: dict[str, int]
     rejects: list[asyncpg.Record]
@@ -24,6 +27,7 @@ class StatusResult:
     retrying: list[asyncpg.Record] = field(default_factory=list)
 
     def render(self) -> str:
+        """The text --status prints."""
         files = self._files() if self.files else [NO_FILES]
         return "\n".join(files + self._retrying() + self._pulls())
 
@@ -53,11 +57,7 @@ class StatusResult:
         return lines
 
     def _files(self) -> list[str]:
-        rows = [_row(f) for f in self.files]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_COLUMNS)]
-        widths[-1] = len(_COLUMNS[-1])
-        lines = [_line(_COLUMNS, widths), _line(tuple("-" * w for w in widths), widths)]
-        lines += [_line(r, widths) for r in rows]
+        lines = table([_row(f) for f in self.files], _COLUMNS, right=(5, 6), rule=True)
         summary = ", ".join(f"{count} {status}" for status, count in sorted(self.totals.items()))
         lines.append("")
         lines.append(f"All files: {summary or 'none'}")
@@ -74,13 +74,6 @@ class StatusResult:
                 for r in self.rejects
             ]
         return lines
-
-
-def _line(cells: tuple[str, ...], widths: list[int]) -> str:
-    right = {5, 6}
-    pairs = enumerate(zip(cells, widths, strict=True))
-    parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs]
-    return "  ".join(parts).rstrip()
 
 
 def _note(record: asyncpg.Record) -> str:
@@ -115,6 +108,7 @@ def _row(record: asyncpg.Record) -> tuple[str, ...]:
 
 
 async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
+    """Read what --status shows from the ledger and its companions."""
     async with db.connection() as conn:
         await conn.execute("SET TimeZone = 'UTC'")
         files = await conn.fetch(

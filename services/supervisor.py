@@ -21,14 +21,16 @@ class Service(Protocol):
 
     name: str
 
-    async def run(self, stop: asyncio.Event) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then finish what is in hand and return."""
 
 
 @runtime_checkable
 class Interruptible(Protocol):
     """A service that wants to hear of the stop at once (its run may be blocked on a thread)."""
 
-    def stopping(self) -> None: ...
+    def stopping(self) -> None:
+        """Hear of the stop at once (called when `stop` is set)."""
 
 
 class Supervisor:

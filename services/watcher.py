@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from watchdog.events import (
     FileClosedEvent,
@@ -48,7 +49,7 @@ from app.errors import DatabaseUnavailable, FileStillOpen, FileUnreadable, Folde
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
-from services.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, DatabaseProbe, Health
+from services.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, DatabaseProbe, Health, WaitReason
 from services.ingest import Loader, check_state_folders, display_name, is_candidate_name
 from services.pull import Puller, PullLoop
 from services.settle import Due, Seen, SettleTracker
@@ -84,8 +85,9 @@ class WatchResult:
             self.loaded += 1
 
 
-def wait_reason(exc: BaseException) -> str:
-    """Why a file that raised `exc` waits in the folder (a WAIT_REASONS value, or `changed`)."""
+def wait_reason(exc: BaseException) -> WaitReason | Literal["changed"]:
+    """Why a file that raised `exc` waits in the folder; `changed` (it was still being written) is
+    settling, not waiting, and is not counted."""
     if isinstance(exc, FileStillOpen):
         return "writer_open"
     if isinstance(exc, FileUnreadable):
@@ -137,7 +139,7 @@ class WaitingFiles:
     def __init__(self, db: Database, health: Health | None) -> None:
         self.db = db
         self.health = health
-        self.reasons: dict[Path, str] = {}
+        self.reasons: dict[Path, WaitReason | Literal["changed"]] = {}
         self._backoff: dict[Path, Doubling] = {}
 
     async def wait(self, path: Path, exc: Exception) -> float:

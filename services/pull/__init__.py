@@ -47,6 +47,8 @@ SOURCE = "odbc"
 
 @dataclass
 class PullResult:
+    """What one pull did: rows read per dataset, the files loaded, an error."""
+
     rows: dict[str, int] = field(default_factory=dict)
     outcomes: list[FileOutcome] = field(default_factory=list)
     error: str | None = None
@@ -54,13 +56,16 @@ class PullResult:
 
     @property
     def failed(self) -> bool:
+        """The ERP could not be read, or a pulled file failed."""
         return self.error is not None or any(o.failed for o in self.outcomes)
 
     @property
     def rows_arrived(self) -> bool:
+        """The pull loaded or rejected at least one row (the next pull comes soon)."""
         return any(o.rows_loaded or o.rows_rejected for o in self.outcomes)
 
     def summary(self) -> str:
+        """The line --pull prints."""
         if self.busy:
             return "ERP pull skipped: another loadbay process is pulling right now."
         parts = []
@@ -100,6 +105,9 @@ def tables(settings: Settings, registry: DatasetRegistry) -> list[Table]:
 
 
 class Puller:
+    """Reads the ERP's new and changed rows and loads them through the drop path; the watermark
+    commits with the rows."""
+
     def __init__(self, settings: Settings, registry: DatasetRegistry, db: Database) -> None:
         self._connection_string = settings.epms_odbc_dsn.get_secret_value().strip()
         if not self._connection_string:

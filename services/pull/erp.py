@@ -55,6 +55,7 @@ def quote_name(name: str) -> str:
 
 
 def quote_identifier(raw: str) -> str:
+    """A column name quoted for the ERP's SQL (brackets or double quotes kept as given)."""
     return '"' + raw.replace('"', '""') + '"'
 
 
@@ -112,6 +113,8 @@ class Table:
 
 @dataclass
 class Fetched:
+    """One batch of ERP rows and the largest watermark among them."""
+
     rows: int
     watermark: Watermark | None
     ignored_columns: list[str]
@@ -151,6 +154,7 @@ class Erp:
             self.dbms = str(self.connection.getinfo(pyodbc.SQL_DBMS_NAME))
 
     def close(self) -> None:
+        """Close the ODBC connection."""
         with self._state:
             if self._reading:
                 self._close_requested = True

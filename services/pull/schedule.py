@@ -16,6 +16,7 @@ class PullSchedule:
         self._wait = Doubling(first=FIRST_WAIT_S, longest=longest)
 
     def next_wait(self, rows_arrived: bool) -> float:
+        """Seconds until the next pull: 1 after rows arrived, then doubling up to `longest`."""
         if rows_arrived:
             self._wait.reset()
         return self._wait.next()

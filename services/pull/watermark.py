@@ -61,16 +61,20 @@ _PARSERS: dict[str, Callable[[str], object]] = {
 
 @dataclass(frozen=True)
 class Watermark:
+    """How far a dataset's pull has read: a value of the ERP's watermark column, and its kind."""
+
     kind: str
     value: object
 
     @classmethod
     def of(cls, value: object) -> Watermark:
+        """The watermark of an ERP value (its kind follows the Python type the driver gave)."""
         if isinstance(value, bytearray | memoryview):
             value = bytes(value)
         return cls(kind_of(type(value)), value)
 
     def text(self) -> str:
+        """The value as stored in ingest.pull_watermarks."""
         value = self.value
         if isinstance(value, bytes):
             return value.hex()
@@ -80,6 +84,7 @@ class Watermark:
 
     @classmethod
     def parse(cls, kind: str, text: str) -> Watermark:
+        """The ODBC parameter for the value (bytes, int, datetime, ...), read back from its text."""
         return cls(kind, _PARSERS[kind](text))
 
     def __str__(self) -> str:
@@ -88,12 +93,15 @@ class Watermark:
 
 @dataclass(frozen=True)
 class Stored:
+    """A watermark row as read at the start of a pull (for the compare-and-set at its end)."""
+
     source: str
     watermark: Watermark
     file_id: int
 
 
 async def load(conn: asyncpg.Connection, dataset: str) -> Stored | None:
+    """The stored watermark of a dataset for this source, or None (the pull reads everything)."""
     row = await conn.fetchrow(
         "SELECT source, kind, value, file_id FROM ingest.pull_watermarks WHERE dataset = $1", dataset
     )
