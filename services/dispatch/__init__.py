@@ -20,6 +20,7 @@ from app.errors import ConfigError, TransientError
 from app.schema import quote_ident
 from app.settings import Settings
 from models.detrack import AssignmentRules
+from models.outbox import OutboxStatus
 from services.dispatch.client import DetrackClient
 from services.dispatch.plan import Assigner, plan_jobs
 from services.dispatch.send import SendCounts, Sender
@@ -32,19 +33,24 @@ DISPATCH_LOCK_KEY = 0x6C6F616462617903  # "loadbay" + 3
 
 @dataclass
 class DispatchResult:
+    """What a `--dispatch` run did: planned, sent, and the outbox by status at the end."""
+
     dry_run: bool
     new: int = 0
     changed: int = 0
     counts: SendCounts = field(default_factory=SendCounts)
-    by_status: dict[str, int] = field(default_factory=dict)
+    by_status: dict[OutboxStatus, int] = field(default_factory=dict)
     payloads: list[dict[str, object]] = field(default_factory=list)
     error: str | None = None
 
     @property
     def failed(self) -> bool:
-        return bool(self.error or self.by_status.get("failed") or self.by_status.get("retry"))
+        """True when the run stopped early or a job ended `failed` or `retry` (exit code 1)."""
+        by_status = self.by_status
+        return bool(self.error or by_status.get(OutboxStatus.FAILED) or by_status.get(OutboxStatus.RETRY))
 
     def summary(self) -> str:
+        """The lines `--dispatch` prints: the payloads of a dry run, else a table of counts."""
         stopped = [f"stopped early: {self.error}"] if self.error else []
         if self.dry_run:
             lines = [json.dumps(p, ensure_ascii=False) for p in self.payloads]
@@ -59,9 +65,9 @@ class DispatchResult:
             ("recovered after a crash", c.recovered),
             ("jobs updated", c.updated),
             ("marked delivered", c.delivered),
-            ("failed (outbox)", self.by_status.get("failed", 0)),
-            ("retry later (outbox)", self.by_status.get("retry", 0)),
-            ("sent (outbox)", self.by_status.get("sent", 0)),
+            ("failed (outbox)", self.by_status.get(OutboxStatus.FAILED, 0)),
+            ("retry later (outbox)", self.by_status.get(OutboxStatus.RETRY, 0)),
+            ("sent (outbox)", self.by_status.get(OutboxStatus.SENT, 0)),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value:>6}" for name, value in rows]
@@ -69,6 +75,7 @@ class DispatchResult:
 
 
 def load_rules(settings: Settings) -> AssignmentRules:
+    """The vehicle rules of `DISPATCH_RULES` (none when the file does not exist)."""
     path = settings.dispatch_rules
     if not path.exists():
         return AssignmentRules()
@@ -81,6 +88,7 @@ def load_rules(settings: Settings) -> AssignmentRules:
 
 
 async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = False) -> DispatchResult:
+    """`--dispatch`: plan the outbox, send it to DeTrack, read statuses back (one run at a time)."""
     key = settings.detrack_api_key
     if not dry_run and not key.get_secret_value():
         raise ConfigError(
@@ -122,7 +130,7 @@ async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = Fals
                 await log_error(conn, "dispatch", str(exc), {"error": type(exc).__name__})
             result.counts = sender.counts
             result.by_status = {
-                r["status"]: r["n"]
+                OutboxStatus(r["status"]): r["n"]
                 for r in await conn.fetch(
                     f"SELECT status, count(*) AS n FROM {wh}.detrack_jobs GROUP BY status"
                 )
@@ -137,8 +145,8 @@ async def run_dispatch(settings: Settings, db: Database, *, dry_run: bool = Fals
         result.counts.duplicate_confirmed,
         result.counts.updated,
         result.counts.delivered,
-        result.by_status.get("failed", 0),
-        result.by_status.get("retry", 0),
+        result.by_status.get(OutboxStatus.FAILED, 0),
+        result.by_status.get(OutboxStatus.RETRY, 0),
     )
     return result
 
