@@ -56,10 +56,7 @@ async def run_analysis(settings: Settings, db: Database) -> AnalysisResult:
     result = AnalysisResult()
     settings.exports_dir.mkdir(parents=True, exist_ok=True)
     async with db.connection() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", ANALYSIS_LOCK_KEY)
-            await conn.execute(sql("analysis/01_views.sql", settings))
-            await _store_parameters(conn, settings)
+        await create_views(conn, settings)
         tables: dict[str, list[asyncpg.Record]] = {}
         for view, order in VIEWS.items():
             target = settings.exports_dir / f"{view}.csv"
@@ -84,6 +81,14 @@ async def run_analysis(settings: Settings, db: Database) -> AnalysisResult:
         "analysis: %d views exported, %d charts, report at %s", len(VIEWS), len(result.charts), result.report
     )
     return result
+
+
+async def create_views(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Replace the views and store the settings they read, in one transaction under the lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ANALYSIS_LOCK_KEY)
+        await conn.execute(sql("analysis/01_views.sql", settings))
+        await _store_parameters(conn, settings)
 
 
 async def _store_parameters(conn: asyncpg.Connection, settings: Settings) -> None:

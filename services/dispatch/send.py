@@ -1,4 +1,4 @@
-"""Outbox → DeTrack: reconcile, create in bulk, update, and read statuses back.
+"""Outbox → DeTrack: settle rows a crash left `sending`, create in bulk, update.
 
 Rows are claimed (`FOR UPDATE SKIP LOCKED`) and marked `sending` in a committed transaction
 before any request leaves, so a crash can only leave rows `sending`; the next run asks DeTrack
@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -20,7 +19,6 @@ from app.backoff import doubling
 from app.errors import TransientError
 from app.schema import quote_ident
 from app.settings import Settings
-from models.detrack import FINISHED_STATUSES
 from models.outbox import Action, OutboxStatus
 from services.dispatch.client import BULK_LIMIT, JITTER_S, LONGEST_WAIT_S, DetrackClient
 from services.ingest.ledger import log_error
@@ -44,7 +42,7 @@ class SendCounts:
     failed: int = 0
     retry: int = 0
     recovered: int = 0
-    delivered: int = 0
+    delivered: int = 0  # counted by the status sync (sync.py)
     errors: list[str] = field(default_factory=list)
 
 
@@ -165,41 +163,6 @@ class Sender:
                 else:
                     await self._fail(row, _describe(body.get("errors") or []), body.get("errors") or [])
 
-    async def sync_statuses(self) -> None:
-        """Read back the status of every sent, unfinished job, a day at a time."""
-        days = await self.conn.fetch(
-            f"SELECT DISTINCT date FROM {self.wh}.detrack_jobs WHERE status = $2 "
-            "AND (detrack_status IS NULL OR detrack_status <> ALL($1::text[])) ORDER BY date",
-            list(FINISHED_STATUSES),
-            OutboxStatus.SENT,
-        )
-        for day in days:
-            jobs = await self._http(lambda d: list(self.client.jobs_on(d)), day["date"].isoformat())
-            for job in jobs:
-                await self._record_status(day["date"], job)
-
-    async def _record_status(self, day: date, job: dict[str, Any]) -> None:
-        """Store DeTrack's status of a job; a finished one marks its shipment delivered."""
-        status = job.get("status")
-        row = await self.conn.fetchrow(
-            f"""
-            UPDATE {self.wh}.detrack_jobs SET detrack_status = $3, updated_at = now()
-            WHERE do_number = $1 AND date = $2 AND detrack_status IS DISTINCT FROM $3
-            RETURNING shipment_number
-            """,
-            job.get("do_number"),
-            day,
-            status,
-        )
-        if row is not None and status in FINISHED_STATUSES:
-            marked = await self.conn.execute(
-                f"UPDATE {self.wh}.fact_shipment SET delivered = true, delivered_at = $2 "
-                "WHERE shipment_number = $1 AND NOT delivered",
-                row["shipment_number"],
-                _finished_at(job),
-            )
-            self.counts.delivered += int(marked.split()[-1])
-
     async def _set_sent(self, row: asyncpg.Record, job: dict[str, Any]) -> None:
         """DeTrack has the job: `sent`, with its id and status."""
         await self.conn.execute(
@@ -259,14 +222,3 @@ class Sender:
             )
             self.counts.retry += 1
         await log_error(self.conn, "dispatch", reason, {"jobs": [r["do_number"] for r in rows]})
-
-
-def _finished_at(job: dict[str, Any]) -> datetime:
-    """When DeTrack's milestones say the job was finished; now if they do not say."""
-    for milestone in reversed(job.get("milestones") or []):
-        if milestone.get("status") in FINISHED_STATUSES and milestone.get("created_at"):
-            try:
-                return datetime.fromisoformat(str(milestone["created_at"]).replace("Z", "+00:00"))
-            except ValueError:
-                break
-    return datetime.now(UTC)
