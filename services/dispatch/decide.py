@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from typing import Any, Literal
 
 from models.detrack import FINISHED_STATUSES, AssignmentRules, Item, Job
@@ -21,15 +22,6 @@ from models.outbox import Action, OutboxStatus
 
 # A do_number and its suffix: "J77" is job J77 number 1, "J77(3)" is job J77 number 3.
 _SUFFIX = re.compile(r"^(?P<job>.*?)(?:\((?P<n>\d+)\))?$")
-_ADDRESS_FIELDS = (
-    "ship_address1",
-    "ship_address2",
-    "ship_address3",
-    "ship_city",
-    "ship_state",
-    "ship_zip",
-    "ship_country",
-)
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,20 @@ class Shipment:
     ship_phone: str | None = None
     email: str | None = None
     items: tuple[Item, ...] = ()
+
+    @cached_property
+    def address(self) -> str:
+        """The non-empty address lines, city, state, zip and country, joined with ", "."""
+        parts = (
+            self.ship_address1,
+            self.ship_address2,
+            self.ship_address3,
+            self.ship_city,
+            self.ship_state,
+            self.ship_zip,
+            self.ship_country,
+        )
+        return ", ".join(p.strip() for p in parts if p and p.strip())
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Shipment:
@@ -185,18 +191,12 @@ class Assigner:
         return vehicle
 
 
-def address_of(shipment: Shipment) -> str:
-    """The non-empty address lines, city, state, zip and country, joined with ", "."""
-    parts = (getattr(shipment, name) for name in _ADDRESS_FIELDS)
-    return ", ".join(p.strip() for p in parts if p and p.strip())
-
-
 def build_job(shipment: Shipment, do_number: str, job_date: date, assign_to: str | None) -> Job:
-    """The DeTrack job of a shipment (its address must not be empty: see `address_of`)."""
+    """The DeTrack job of a shipment (whose address must not be empty)."""
     return Job(
         do_number=do_number,
         date=job_date.isoformat(),
-        address=address_of(shipment),
+        address=shipment.address,
         tracking_number=shipment.shipment_number,
         company_name=shipment.ship_name,
         deliver_to_collect_from=shipment.ship_contact,
@@ -230,7 +230,7 @@ def decide(shipment: Shipment, outboxed: Outboxed | None, do_numbers: DoNumbers)
         return Leave("sending")  # settled first (recover_sending); a change is seen on the next run
     else:
         do_number, job_date = outboxed.do_number, outboxed.date  # a job keeps its key
-    if not address_of(shipment):
+    if not shipment.address:
         # payload_hash "" marks a row recorded as having no address (see plan._record_no_address)
         recorded = (
             outboxed is not None and outboxed.status is OutboxStatus.FAILED and not outboxed.payload_hash

@@ -22,7 +22,6 @@ from services.dispatch.decide import (
     Outboxed,
     Queue,
     Shipment,
-    address_of,
     build_job,
     decide,
     payload_hash,
@@ -251,8 +250,8 @@ def test_a_shipment_recorded_without_an_address_that_gets_one_is_created() -> No
 def test_the_address_joins_the_non_empty_parts_trimmed() -> None:
     shipment = replace(SHIPMENT, ship_address1=" Unit 1 ", ship_address3="Park Road", ship_state=None)
 
-    assert address_of(shipment) == "Unit 1, Park Road, Leeds, LS1 4AP, United Kingdom"
-    assert address_of(NO_ADDRESS) == ""
+    assert shipment.address == "Unit 1, Park Road, Leeds, LS1 4AP, United Kingdom"
+    assert NO_ADDRESS.address == ""
 
 
 def test_the_payload_hash_ignores_the_vehicle_and_sees_every_other_field() -> None:
