@@ -18,6 +18,7 @@ from pathlib import Path
 from app.db import Database
 from benchmarks.throwaway import throwaway_loadbay
 from models.datasets import DatasetRegistry
+from models.outbox import OutboxStatus
 from services.dispatch import run_dispatch
 from services.ingest import run_ingest
 from services.pipeline import run_pipeline
@@ -61,7 +62,8 @@ def main() -> None:
                 await run_pipeline(settings, db)
                 started = time.monotonic()
                 result = await run_dispatch(settings, db)
-                return time.monotonic() - started, result.counts.sent, result.by_status.get("sent", 0)
+                sent = result.by_status.get(OutboxStatus.SENT, 0)
+                return time.monotonic() - started, result.counts.sent, sent
             finally:
                 await db.close()
 

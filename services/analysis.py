@@ -18,6 +18,7 @@ import asyncpg
 from app.db import Database
 from app.settings import Settings
 from app.sqlfiles import sql
+from models.outbox import ship_via_codes
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,15 @@ VIEWS = {  # view → its natural order, for stable exports
 
 @dataclass
 class AnalysisResult:
+    """What an `--analysis` run wrote: the CSV exports, charts, report and rows per view."""
+
     exports: list[Path] = field(default_factory=list)
     charts: list[Path] = field(default_factory=list)
     report: Path | None = None
     rows: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
+        """One line per view (rows and its CSV), then the charts and the report."""
         lines = [f"{view:<26} {rows:>6} rows → {view}.csv" for view, rows in self.rows.items()]
         lines.append(f"charts: {', '.join(p.name for p in self.charts)}")
         lines.append(f"report: {self.report}")
@@ -48,22 +52,11 @@ class AnalysisResult:
 
 
 async def run_analysis(settings: Settings, db: Database) -> AnalysisResult:
+    """`--analysis`: replace the views, export each to CSV, draw the charts, write report.html."""
     result = AnalysisResult()
     settings.exports_dir.mkdir(parents=True, exist_ok=True)
-    ship_via = [code.strip() for code in settings.dispatch_ship_via.split(",") if code.strip()]
     async with db.connection() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", ANALYSIS_LOCK_KEY)
-            await conn.execute(sql("analysis/01_views.sql", settings))
-            await conn.execute(
-                """
-                INSERT INTO analysis.parameters (ship_via, settlement_tz) VALUES ($1, $2)
-                ON CONFLICT (id) DO UPDATE SET ship_via = EXCLUDED.ship_via,
-                    settlement_tz = EXCLUDED.settlement_tz
-                """,
-                ship_via,
-                settings.energy_settlement_tz,
-            )
+        await create_views(conn, settings)
         tables: dict[str, list[asyncpg.Record]] = {}
         for view, order in VIEWS.items():
             target = settings.exports_dir / f"{view}.csv"
@@ -88,3 +81,26 @@ async def run_analysis(settings: Settings, db: Database) -> AnalysisResult:
         "analysis: %d views exported, %d charts, report at %s", len(VIEWS), len(result.charts), result.report
     )
     return result
+
+
+async def create_views(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Replace the views and store the settings they read, in one transaction under the lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ANALYSIS_LOCK_KEY)
+        await conn.execute(sql("analysis/01_views.sql", settings))
+        await _store_parameters(conn, settings)
+
+
+async def _store_parameters(conn: asyncpg.Connection, settings: Settings) -> None:
+    """The settings the views read: DISPATCH_SHIP_VIA (through warehouse.eligible_shipments, as
+    --dispatch does) and ENERGY_SETTLEMENT_TZ."""
+    await conn.execute(sql("dispatch/ship_via.sql", settings), ship_via_codes(settings.dispatch_ship_via))
+    # ship_via NULL: analysis.parameters.ship_via is superseded by warehouse.dispatch_parameters
+    # (migration 0008); a stale list there would look current.
+    await conn.execute(
+        """
+        INSERT INTO analysis.parameters (ship_via, settlement_tz) VALUES (NULL, $1)
+        ON CONFLICT (id) DO UPDATE SET ship_via = NULL, settlement_tz = EXCLUDED.settlement_tz
+        """,
+        settings.energy_settlement_tz,
+    )

@@ -8,6 +8,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,14 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from models.outbox import OutboxStatus
+
 MAX_SERIES = 8  # more lines than this on one chart is noise; the CSV has them all
 Rows = list[asyncpg.Record]
 
 
 def _chart(path: Path, title: str, now: datetime, draw: Callable[[Axes], bool]) -> Path:
+    """Draw one chart ("No data yet" when `draw` finds nothing) and write it to `path` atomically."""
     figure, axes = plt.subplots(figsize=(9, 4.2), dpi=110)
     if not draw(axes):
         axes.text(0.5, 0.5, "No data yet", ha="center", va="center", fontsize=14, color="#666")
@@ -40,6 +44,7 @@ def _chart(path: Path, title: str, now: datetime, draw: Callable[[Axes], bool]) 
 
 
 def _by_series(rows: Rows, key: str, x: str, y: str) -> dict[str, tuple[list[Any], list[float]]]:
+    """(x, y) lists per `key` value, the first MAX_SERIES keys in order; rows without y skipped."""
     series: dict[str, tuple[list[Any], list[float]]] = defaultdict(lambda: ([], []))
     for row in rows:
         if row[y] is None:
@@ -50,73 +55,88 @@ def _by_series(rows: Rows, key: str, x: str, y: str) -> dict[str, tuple[list[Any
     return dict(sorted(series.items())[:MAX_SERIES])
 
 
+def _energy_daily(tables: dict[str, Rows], ax: Axes) -> bool:
+    """Bars of kWh per day, one colour per meter (the first MAX_SERIES)."""
+    series = _by_series(tables["energy_daily"], "meter_id", "day", "kwh")
+    days = sorted({d for xs, _ in series.values() for d in xs})
+    width = 0.8 / max(1, len(series))
+    for n, (meter, (xs, kwh)) in enumerate(series.items()):
+        where = [days.index(d) + (n - (len(series) - 1) / 2) * width for d in xs]
+        ax.bar(where, kwh, width=width, label=meter)
+    ax.set_xticks(range(len(days)), [d.isoformat() for d in days])
+    ax.set_xlabel("day (settlement time zone)")
+    ax.set_ylabel("kWh")
+    if series:
+        ax.legend(fontsize=8, ncols=2)
+    return bool(series)
+
+
+def _profile(tables: dict[str, Rows], ax: Axes) -> bool:
+    """A line per meter: average kWh of each half-hour of the day."""
+    series = _by_series(tables["energy_half_hour_profile"], "meter_id", "local_time", "avg_kwh")
+    for meter, (times, kwh) in series.items():
+        ax.plot(times, kwh, label=meter)
+    ax.set_xlabel("time of day")
+    ax.set_ylabel("average kWh per half-hour")
+    ax.set_xticks(range(0, 48, 4))
+    if series:
+        ax.legend(fontsize=8, ncols=2)
+    return bool(series)
+
+
+def _outcomes(tables: dict[str, Rows], ax: Axes) -> bool:
+    """Stacked bars of shipments on our vans per scheduled date, by outbox status."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in tables["dispatch_outcomes"]:
+        day = row["day"].isoformat() if row["day"] else "no date"
+        counts[row["outbox_status"]][day] += row["shipments"]
+    days = sorted({d for per_day in counts.values() for d in per_day})
+    bottom = [0] * len(days)
+    for status, per_day in sorted(counts.items()):
+        values = [per_day.get(d, 0) for d in days]
+        ax.bar(days, values, bottom=bottom, label=status)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("scheduled ship date")
+    ax.set_ylabel("shipments on our vans")
+    if days:
+        ax.legend(fontsize=8)
+    return bool(days)
+
+
+def _ingest(tables: dict[str, Rows], ax: Axes) -> bool:
+    """Rows loaded and rejected per day received, side by side on a log scale."""
+    loaded: dict[str, int] = defaultdict(int)
+    rejected: dict[str, int] = defaultdict(int)
+    for row in tables["ingest_quality"]:
+        loaded[row["day"].isoformat()] += row["rows_loaded"]
+        rejected[row["day"].isoformat()] += row["rows_rejected"]
+    days = sorted(loaded)
+    positions = range(len(days))
+    ax.bar([p - 0.2 for p in positions], [loaded[d] for d in days], width=0.4, label="rows loaded")
+    ax.bar([p + 0.2 for p in positions], [rejected[d] for d in days], width=0.4, label="rows rejected")
+    ax.set_xticks(list(positions), days)
+    ax.set_xlabel("day received (UTC)")
+    ax.set_ylabel("rows")
+    ax.set_yscale("symlog")
+    if days:
+        ax.legend(fontsize=8)
+    return bool(days)
+
+
+# file name (and view) → title and what draws it; a new chart is one line here
+CHARTS: dict[str, tuple[str, Callable[[dict[str, Rows], Axes], bool]]] = {
+    "energy_daily": ("Energy per day and meter (kWh)", _energy_daily),
+    "energy_half_hour_profile": ("Average half-hour profile", _profile),
+    "dispatch_outcomes": ("Dispatch outcomes by scheduled date", _outcomes),
+    "ingest_quality": ("Ingest volume and rejects per day", _ingest),
+}
+
+
 def render_charts(tables: dict[str, Rows], folder: Path, now: datetime) -> list[Path]:
-    def energy_daily(ax: Axes) -> bool:
-        series = _by_series(tables["energy_daily"], "meter_id", "day", "kwh")
-        days = sorted({d for xs, _ in series.values() for d in xs})
-        width = 0.8 / max(1, len(series))
-        for n, (meter, (xs, kwh)) in enumerate(series.items()):
-            where = [days.index(d) + (n - (len(series) - 1) / 2) * width for d in xs]
-            ax.bar(where, kwh, width=width, label=meter)
-        ax.set_xticks(range(len(days)), [d.isoformat() for d in days])
-        ax.set_xlabel("day (settlement time zone)")
-        ax.set_ylabel("kWh")
-        if series:
-            ax.legend(fontsize=8, ncols=2)
-        return bool(series)
-
-    def profile(ax: Axes) -> bool:
-        series = _by_series(tables["energy_half_hour_profile"], "meter_id", "local_time", "avg_kwh")
-        for meter, (times, kwh) in series.items():
-            ax.plot(times, kwh, label=meter)
-        ax.set_xlabel("time of day")
-        ax.set_ylabel("average kWh per half-hour")
-        ax.set_xticks(range(0, 48, 4))
-        if series:
-            ax.legend(fontsize=8, ncols=2)
-        return bool(series)
-
-    def outcomes(ax: Axes) -> bool:
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for row in tables["dispatch_outcomes"]:
-            counts[row["outbox_status"]][row["day"].isoformat() if row["day"] else "no date"] += row[
-                "shipments"
-            ]
-        days = sorted({d for per_day in counts.values() for d in per_day})
-        bottom = [0] * len(days)
-        for status, per_day in sorted(counts.items()):
-            values = [per_day.get(d, 0) for d in days]
-            ax.bar(days, values, bottom=bottom, label=status)
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        ax.set_xlabel("scheduled ship date")
-        ax.set_ylabel("shipments on our vans")
-        if days:
-            ax.legend(fontsize=8)
-        return bool(days)
-
-    def ingest(ax: Axes) -> bool:
-        loaded: dict[str, int] = defaultdict(int)
-        rejected: dict[str, int] = defaultdict(int)
-        for row in tables["ingest_quality"]:
-            loaded[row["day"].isoformat()] += row["rows_loaded"]
-            rejected[row["day"].isoformat()] += row["rows_rejected"]
-        days = sorted(loaded)
-        positions = range(len(days))
-        ax.bar([p - 0.2 for p in positions], [loaded[d] for d in days], width=0.4, label="rows loaded")
-        ax.bar([p + 0.2 for p in positions], [rejected[d] for d in days], width=0.4, label="rows rejected")
-        ax.set_xticks(list(positions), days)
-        ax.set_xlabel("day received (UTC)")
-        ax.set_ylabel("rows")
-        ax.set_yscale("symlog")
-        if days:
-            ax.legend(fontsize=8)
-        return bool(days)
-
+    """One PNG per entry of CHARTS in `folder`, from the views' rows."""
     return [
-        _chart(folder / "energy_daily.png", "Energy per day and meter (kWh)", now, energy_daily),
-        _chart(folder / "energy_half_hour_profile.png", "Average half-hour profile", now, profile),
-        _chart(folder / "dispatch_outcomes.png", "Dispatch outcomes by scheduled date", now, outcomes),
-        _chart(folder / "ingest_quality.png", "Ingest volume and rejects per day", now, ingest),
+        _chart(folder / f"{name}.png", title, now, partial(draw, tables))
+        for name, (title, draw) in CHARTS.items()
     ]
 
 
@@ -136,6 +156,7 @@ th { background: #f0f0f0; text-align: left; } tr:nth-child(even) td { background
 def render_report(
     tables: dict[str, Rows], charts: list[Path], folder: Path, now: datetime, last_load: datetime | None
 ) -> Path:
+    """Write `report.html`: key figures, the charts inlined and the key tables; nothing external."""
     loaded = f"{last_load:%Y-%m-%d %H:%M} UTC" if last_load else "nothing loaded yet"
     images = "".join(
         f"<img alt='{html.escape(p.stem.replace('_', ' '))}' src='{data_uri(p)}'>" for p in charts
@@ -169,6 +190,7 @@ def render_report(
 
 
 def _key_figures(tables: dict[str, Rows]) -> list[tuple[str, int]]:
+    """The headline numbers at the top of the report."""
     ingest, outcomes = tables["ingest_quality"], tables["dispatch_outcomes"]
     return [
         ("files received", sum(r["files"] for r in ingest)),
@@ -176,12 +198,16 @@ def _key_figures(tables: dict[str, Rows]) -> list[tuple[str, int]]:
         ("rows rejected", sum(r["rows_rejected"] for r in ingest)),
         ("meters", len({r["meter_id"] for r in tables["energy_daily"]})),
         ("shipments", sum(r["shipments"] for r in tables["shipments_daily"])),
-        ("jobs sent to DeTrack", sum(r["shipments"] for r in outcomes if r["outbox_status"] == "sent")),
+        (
+            "jobs sent to DeTrack",
+            sum(r["shipments"] for r in outcomes if r["outbox_status"] == OutboxStatus.SENT),
+        ),
         ("in the dispatch backlog", len(tables["dispatch_backlog"])),
     ]
 
 
 def as_text(value: Any) -> str:
+    """A table cell's text: times in UTC to the minute, dates in ISO form, NULL as empty."""
     if value is None:
         return ""
     if isinstance(value, datetime):
@@ -192,6 +218,7 @@ def as_text(value: Any) -> str:
 
 
 def html_table(rows: list[asyncpg.Record], limit: int = 40) -> str:
+    """An HTML table of the first `limit` rows, escaped, with a note of how many more the CSV has."""
     if not rows:
         return "<p class='empty'>No rows yet.</p>"
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0].keys())  # noqa: SIM118 (a Record)
@@ -206,4 +233,5 @@ def html_table(rows: list[asyncpg.Record], limit: int = 40) -> str:
 
 
 def data_uri(png: Path) -> str:
+    """A PNG file as a `data:` URI, so the report needs no other file."""
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()

@@ -9,7 +9,6 @@ confirms such a refusal with a GET.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -22,22 +21,26 @@ from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from app.backoff import doubling
 from app.errors import ConfigError, DetrackUnavailable
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 BULK_LIMIT = 100
+# DESIGN §6's schedule for DeTrack, within a request (urllib3) and between runs (the outbox):
+# app.backoff.doubling from 1 s to at most this, plus up to this much jitter.
+LONGEST_WAIT_S = 300.0
+JITTER_S = 0.5
 
 
 class Backoff(Retry):
     """urllib3's retry with loadbay's schedule: 1 s, 2 s, 4 s … at most 300 s, plus jitter."""
 
     def get_backoff_time(self) -> float:
+        """The wait before the next try: by the failed tries so far (429, 5xx or no answer)."""
         errors = len([h for h in self.history if h.status is None or h.status >= 429])
-        if errors == 0:
-            return 0.0
-        return float(min(self.backoff_max, 2 ** (errors - 1)) + random.uniform(0, self.backoff_jitter))
+        return doubling(errors, longest=self.backoff_max, jitter=self.backoff_jitter)
 
 
 class RateLimiter:
@@ -69,6 +72,8 @@ class RateLimiter:
 
 
 class DetrackClient:
+    """DeTrack API v2 over HTTP: the calls dispatch makes, rate-limited and retried."""
+
     def __init__(
         self, base_url: str, api_key: SecretStr, per_minute: int, timeout_s: float = 30.0, retries: int = 8
     ) -> None:
@@ -82,8 +87,8 @@ class DetrackClient:
             status_forcelist=(429, 500, 502, 503, 504),
             allowed_methods=None,  # POST too: a repeated create is refused as a duplicate
             respect_retry_after_header=True,
-            backoff_max=300,
-            backoff_jitter=0.5,
+            backoff_max=LONGEST_WAIT_S,
+            backoff_jitter=JITTER_S,
             remove_headers_on_redirect=("Authorization", "X-API-KEY"),
             raise_on_status=False,
         )
@@ -118,6 +123,7 @@ class DetrackClient:
         return self._call("POST", "/dn/jobs/bulk", json={"data": jobs})
 
     def get_job(self, do_number: str, date: str) -> dict[str, Any] | None:
+        """The job with this do_number on this date, or None when DeTrack has none."""
         response = self._call(
             "GET", f"/dn/jobs/{quote(do_number, safe='')}/{date}", params={"type": "Delivery"}
         )
@@ -128,6 +134,7 @@ class DetrackClient:
         return data
 
     def update_job(self, do_number: str, date: str, fields: dict[str, object]) -> requests.Response:
+        """PUT new fields of an existing job; the caller reads the answer."""
         return self._call(
             "PUT",
             f"/dn/jobs/{quote(do_number, safe='')}/{date}",
@@ -153,6 +160,7 @@ class DetrackClient:
                 raise DetrackUnavailable("DeTrack's next page points to another host")
 
     def vehicle_names(self) -> list[str]:
+        """The names of DeTrack's vehicles, sorted (what `assign_to` takes)."""
         response = self._call("GET", "/vehicles")
         response.raise_for_status()
         return sorted({str(v["name"]) for v in response.json().get("data") or [] if v.get("name")})

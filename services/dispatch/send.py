@@ -1,4 +1,4 @@
-"""Outbox → DeTrack: reconcile, create in bulk, update, and read statuses back.
+"""Outbox → DeTrack: settle rows a crash left `sending`, create in bulk, update.
 
 Rows are claimed (`FOR UPDATE SKIP LOCKED`) and marked `sending` in a committed transaction
 before any request leaves, so a crash can only leave rows `sending`; the next run asks DeTrack
@@ -10,34 +10,39 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
+from app.backoff import doubling
 from app.errorlog import log_error
 from app.errors import TransientError
 from app.schema import quote_ident
 from app.settings import Settings
-from models.detrack import FINISHED_STATUSES
-from services.dispatch.client import BULK_LIMIT, DetrackClient
+from models.outbox import Action, OutboxStatus
+from services.dispatch.client import BULK_LIMIT, JITTER_S, LONGEST_WAIT_S, DetrackClient
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_DELAY_S = 300
+
+def retry_delay(attempts: int) -> float:
+    """Seconds until a row that failed its `attempts`-th send is due again (1 s doubling, at
+    most 300 s, plus jitter: the client's schedule)."""
+    return doubling(max(1, attempts), longest=LONGEST_WAIT_S, jitter=JITTER_S)
 
 
 @dataclass
 class SendCounts:
+    """What one run's sends did, by outcome."""
+
     sent: int = 0
     duplicate_confirmed: int = 0
     updated: int = 0
     failed: int = 0
     retry: int = 0
     recovered: int = 0
-    delivered: int = 0
+    delivered: int = 0  # counted by the status sync (sync.py)
     errors: list[str] = field(default_factory=list)
 
 
@@ -50,10 +55,13 @@ def _is_duplicate(errors: list[dict[str, Any]]) -> bool:
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
+    """DeTrack's refusal as `field: code, code; field: code`."""
     return "; ".join(f"{e.get('field')}: {', '.join(e.get('codes', []))}" for e in errors) or "rejected"
 
 
 class Sender:
+    """Sends the outbox to DeTrack on one connection and counts what happened."""
+
     def __init__(self, conn: asyncpg.Connection, settings: Settings, client: DetrackClient) -> None:
         self.conn = conn
         self.client = client
@@ -61,31 +69,33 @@ class Sender:
         self.counts = SendCounts()
 
     async def _http(self, call: Any, *args: Any) -> Any:
+        """A blocking client call on a thread, so that the event loop goes on."""
         return await asyncio.to_thread(call, *args)
 
     async def recover_sending(self) -> None:
         """Rows a crash left `sending`: DeTrack has the job or it does not."""
         rows = await self.conn.fetch(
-            f"SELECT do_number, date FROM {self.wh}.detrack_jobs WHERE status = 'sending'"
+            f"SELECT do_number, date FROM {self.wh}.detrack_jobs WHERE status = $1", OutboxStatus.SENDING
         )
         for row in rows:
             job = await self._http(self.client.get_job, row["do_number"], row["date"].isoformat())
             if job is None:
-                await self._set(row, "pending", error=None)
+                await self._set(row, OutboxStatus.PENDING, error=None)
             else:
                 await self._set_sent(row, job)
                 self.counts.recovered += 1
 
-    async def _claim(self, action: str) -> list[asyncpg.Record]:
+    async def _claim(self, action: Action) -> list[asyncpg.Record]:
+        """Up to BULK_LIMIT due rows of `action`, marked `sending` and committed before any request."""
         async with self.conn.transaction():
             return list(
                 await self.conn.fetch(
                     f"""
                     UPDATE {self.wh}.detrack_jobs j
-                    SET status = 'sending', attempts = attempts + 1, updated_at = now()
+                    SET status = $3, attempts = attempts + 1, updated_at = now()
                     FROM (
                         SELECT do_number, date FROM {self.wh}.detrack_jobs
-                        WHERE status IN ('pending', 'retry') AND action = $1 AND next_attempt_at <= now()
+                        WHERE status = ANY($4::text[]) AND action = $1 AND next_attempt_at <= now()
                         ORDER BY date, do_number
                         LIMIT $2
                         FOR UPDATE SKIP LOCKED
@@ -95,11 +105,14 @@ class Sender:
                     """,
                     action,
                     BULK_LIMIT,
+                    OutboxStatus.SENDING,
+                    [OutboxStatus.PENDING, OutboxStatus.RETRY],
                 )
             )
 
     async def create_all(self) -> None:
-        while batch := await self._claim("create"):
+        """Create the due new jobs, 100 a request, and settle each item of the answer."""
+        while batch := await self._claim(Action.CREATE):
             payloads = [json.loads(r["payload"]) for r in batch]
             try:
                 response = await self._http(self.client.create_jobs, payloads)
@@ -109,6 +122,7 @@ class Sender:
             await self._reconcile(batch, response.status_code, response.json())
 
     async def _reconcile(self, batch: list[asyncpg.Record], status: int, body: dict[str, Any]) -> None:
+        """Each row of a bulk create: created, confirmed as a duplicate, refused, or asked again."""
         by_key = {(r["do_number"], r["date"].isoformat()): r for r in batch}
         for job in body.get("data") or []:
             row = by_key.pop((job.get("do_number"), job.get("date")), None)
@@ -131,7 +145,8 @@ class Sender:
             await self._retry_later([row], f"DeTrack answered {status} without naming this job")
 
     async def update_all(self) -> None:
-        while batch := await self._claim("update"):
+        """PUT the due changed jobs, one request each."""
+        while batch := await self._claim(Action.UPDATE):
             for row in batch:
                 fields = json.loads(row["payload"])
                 try:
@@ -148,44 +163,12 @@ class Sender:
                 else:
                     await self._fail(row, _describe(body.get("errors") or []), body.get("errors") or [])
 
-    async def sync_statuses(self) -> None:
-        """Read back the status of every sent, unfinished job, a day at a time."""
-        days = await self.conn.fetch(
-            f"SELECT DISTINCT date FROM {self.wh}.detrack_jobs WHERE status = 'sent' "
-            "AND (detrack_status IS NULL OR detrack_status <> ALL($1::text[])) ORDER BY date",
-            list(FINISHED_STATUSES),
-        )
-        for day in days:
-            jobs = await self._http(lambda d: list(self.client.jobs_on(d)), day["date"].isoformat())
-            for job in jobs:
-                await self._record_status(day["date"], job)
-
-    async def _record_status(self, day: date, job: dict[str, Any]) -> None:
-        status = job.get("status")
-        row = await self.conn.fetchrow(
-            f"""
-            UPDATE {self.wh}.detrack_jobs SET detrack_status = $3, updated_at = now()
-            WHERE do_number = $1 AND date = $2 AND detrack_status IS DISTINCT FROM $3
-            RETURNING shipment_number
-            """,
-            job.get("do_number"),
-            day,
-            status,
-        )
-        if row is not None and status in FINISHED_STATUSES:
-            marked = await self.conn.execute(
-                f"UPDATE {self.wh}.fact_shipment SET delivered = true, delivered_at = $2 "
-                "WHERE shipment_number = $1 AND NOT delivered",
-                row["shipment_number"],
-                _finished_at(job),
-            )
-            self.counts.delivered += int(marked.split()[-1])
-
     async def _set_sent(self, row: asyncpg.Record, job: dict[str, Any]) -> None:
+        """DeTrack has the job: `sent`, with its id and status."""
         await self.conn.execute(
             f"""
             UPDATE {self.wh}.detrack_jobs
-            SET status = 'sent', detrack_id = coalesce($3, detrack_id),
+            SET status = $5, detrack_id = coalesce($3, detrack_id),
                 detrack_status = coalesce($4, detrack_status), last_error = NULL, sent_at = now(),
                 updated_at = now()
             WHERE do_number = $1 AND date = $2
@@ -194,9 +177,11 @@ class Sender:
             row["date"],
             None if job.get("id") is None else str(job["id"]),
             job.get("status"),
+            OutboxStatus.SENT,
         )
 
-    async def _set(self, row: asyncpg.Record, status: str, error: str | None) -> None:
+    async def _set(self, row: asyncpg.Record, status: OutboxStatus, error: str | None) -> None:
+        """Set a row's status and last error."""
         await self.conn.execute(
             f"UPDATE {self.wh}.detrack_jobs SET status = $3, last_error = $4, updated_at = now() "
             "WHERE do_number = $1 AND date = $2",
@@ -208,7 +193,7 @@ class Sender:
 
     async def _fail(self, row: asyncpg.Record, reason: str, errors: list[dict[str, Any]]) -> None:
         """Permanent: DeTrack refused the job. It is not sent again until the shipment changes."""
-        await self._set(row, "failed", reason)
+        await self._set(row, OutboxStatus.FAILED, reason)
         self.counts.failed += 1
         self.counts.errors.append(f"{row['do_number']} {row['date']}: {reason}")
         await log_error(
@@ -220,29 +205,20 @@ class Sender:
         )
 
     async def _retry_later(self, rows: list[asyncpg.Record], reason: str) -> None:
+        """DeTrack is away for these rows: `retry`, due again after the backoff of their attempts."""
         for row in rows:
-            delay = min(MAX_RETRY_DELAY_S, 2 ** max(0, row["attempts"] - 1)) + random.uniform(0, 0.5)
             await self.conn.execute(
                 f"""
                 UPDATE {self.wh}.detrack_jobs
-                SET status = 'retry', last_error = $3, updated_at = now(),
+                SET status = $5, last_error = $3, updated_at = now(),
                     next_attempt_at = now() + make_interval(secs => $4)
                 WHERE do_number = $1 AND date = $2
                 """,
                 row["do_number"],
                 row["date"],
                 reason,
-                delay,
+                retry_delay(row["attempts"]),
+                OutboxStatus.RETRY,
             )
             self.counts.retry += 1
         await log_error(self.conn, "dispatch", reason, {"jobs": [r["do_number"] for r in rows]})
-
-
-def _finished_at(job: dict[str, Any]) -> datetime:
-    for milestone in reversed(job.get("milestones") or []):
-        if milestone.get("status") in FINISHED_STATUSES and milestone.get("created_at"):
-            try:
-                return datetime.fromisoformat(str(milestone["created_at"]).replace("Z", "+00:00"))
-            except ValueError:
-                break
-    return datetime.now(UTC)

@@ -1,23 +1,25 @@
 -- Analysis views: created or replaced on every --analysis run, safe while the watcher runs.
--- {warehouse} and {staging} are the configured schema names; analysis.parameters (created by
--- migration 0006 with the schema) holds the settings the views need, refreshed by the same run.
+-- {warehouse} and {staging} are the configured schema names. The run refreshes the settings the
+-- views read: ENERGY_SETTLEMENT_TZ in analysis.parameters (migration 0006) and DISPATCH_SHIP_VIA
+-- in {warehouse}.dispatch_parameters, which {warehouse}.eligible_shipments reads (migration 0008):
+-- "eligible for dispatch" is that view, the same one --dispatch reads.
 
 CREATE OR REPLACE VIEW analysis.shipments_daily AS
 SELECT s.scheduled_ship_date AS day,
        count(*) AS shipments,
-       count(*) FILTER (WHERE s.ship_via = ANY(p.ship_via) AND s.is_partial) AS on_our_vans,
+       count(e.shipment_number) AS on_our_vans,
        count(*) FILTER (WHERE s.delivered) AS delivered,
        coalesce(sum(s.scheduled_ship_quantity), 0) AS scheduled_quantity
-FROM {warehouse}.fact_shipment s CROSS JOIN analysis.parameters p
+FROM {warehouse}.fact_shipment s
+LEFT JOIN {warehouse}.eligible_shipments e USING (shipment_number)
 GROUP BY s.scheduled_ship_date;
 
 CREATE OR REPLACE VIEW analysis.dispatch_backlog AS
 SELECT s.scheduled_ship_date AS day, s.job_number, s.shipment_number, s.ship_city,
        coalesce(j.status, 'not planned') AS outbox_status, j.last_error
-FROM {warehouse}.fact_shipment s
-CROSS JOIN analysis.parameters p
+FROM {warehouse}.eligible_shipments s
 LEFT JOIN {warehouse}.detrack_jobs j USING (shipment_number)
-WHERE s.ship_via = ANY(p.ship_via) AND s.is_partial AND NOT s.delivered
+WHERE NOT s.delivered
   AND (j.status IS NULL OR j.status <> 'sent');
 
 CREATE OR REPLACE VIEW analysis.dispatch_outcomes AS
@@ -25,10 +27,8 @@ SELECT s.scheduled_ship_date AS day,
        coalesce(j.status, 'not sent') AS outbox_status,
        coalesce(j.detrack_status, '-') AS detrack_status,
        count(*) AS shipments
-FROM {warehouse}.fact_shipment s
-CROSS JOIN analysis.parameters p
+FROM {warehouse}.eligible_shipments s
 LEFT JOIN {warehouse}.detrack_jobs j USING (shipment_number)
-WHERE s.ship_via = ANY(p.ship_via) AND s.is_partial
 GROUP BY 1, 2, 3;
 
 CREATE OR REPLACE VIEW analysis.delivery_lead_time AS

@@ -1,5 +1,5 @@
--- Shipments that go to DeTrack: our own van (ShipVia in $1) and booked on it (IsPartial), with
--- their packages that carry a quantity, and the outbox row each one already has, if any.
+-- Shipments that go to DeTrack ({warehouse}.eligible_shipments: our own van and booked on it),
+-- with their packages that carry a quantity, and the outbox row each one already has, if any.
 SELECT s.shipment_number, s.job_number, s.scheduled_ship_date, s.ship_name, s.ship_address1,
        s.ship_address2, s.ship_address3, s.ship_city, s.ship_state, s.ship_zip, s.ship_country,
        s.ship_contact, s.instructions, s.ship_phone, s.email,
@@ -14,7 +14,6 @@ SELECT s.shipment_number, s.job_number, s.scheduled_ship_date, s.ship_name, s.sh
        )::text AS items,
        j.do_number, j.date AS job_date, j.status, j.action, j.payload_hash, j.assign_to,
        j.detrack_status
-FROM {warehouse}.fact_shipment s
+FROM {warehouse}.eligible_shipments s
 LEFT JOIN {warehouse}.detrack_jobs j USING (shipment_number)
-WHERE s.ship_via = ANY($1::text[]) AND s.is_partial
 ORDER BY s.scheduled_ship_date NULLS LAST, s.job_number, s.shipment_number;

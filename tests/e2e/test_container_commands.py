@@ -35,8 +35,8 @@ import requests
 from tests.conftest import ROOT
 from tests.e2e.helpers import WatcherProcess, ledger, meter_csv, processed_files, wait_until, waiting_files
 from tests.e2e.test_health import free_port
+from tests.integration.test_compose import instruction
 from tests.pg import fetchval
-from tests.unit.test_compose import instruction
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "userdel", "runuser")),

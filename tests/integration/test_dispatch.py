@@ -424,3 +424,24 @@ def test_a_shipment_without_any_address_is_failed_once_and_never_sent(
     assert ("J0009", "2024-06-03") not in api.jobs
     logged = fetch(dsn, "SELECT do_number FROM ingest.error_log WHERE component = 'dispatch'")
     assert [r["do_number"] for r in logged] == ["J0009"]
+
+
+def test_a_job_number_that_looks_like_a_suffix_gets_its_own_do_numbers_across_runs(
+    dispatch_settings: Settings, dsn: str, api: DetrackStandin
+) -> None:
+    # "A(3)" in the outbox reads like job A's third shipment; the next run must still see that
+    # the do_number is taken and give job A(3)'s second shipment "A(3)(2)".
+    load_warehouse(dispatch_settings, shipment(1, job="A(3)"))
+    dispatch(dispatch_settings)
+    drop(dispatch_settings.imports_dir, "shipments_more.csv", SHIPMENT_HEADER + shipment(2, job="A(3)"))
+    ingest(dispatch_settings, dispatch_settings.imports_dir)
+    pipeline(dispatch_settings)
+
+    result = dispatch(dispatch_settings)
+
+    assert (result.new, result.counts.sent) == (1, 1)
+    assert [(r["do_number"], r["shipment_number"], r["status"]) for r in outbox(dsn)] == [
+        ("A(3)", "S00001", "sent"),
+        ("A(3)(2)", "S00002", "sent"),
+    ]
+    assert sorted(api.jobs) == [("A(3)", "2024-06-03"), ("A(3)(2)", "2024-06-03")]
