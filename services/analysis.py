@@ -18,6 +18,7 @@ import asyncpg
 from app.db import Database
 from app.settings import Settings
 from app.sqlfiles import sql
+from app.text import table
 from models.outbox import ship_via_codes
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class AnalysisResult:
 
     def summary(self) -> str:
         """One line per view (rows and its CSV), then the charts and the report."""
-        lines = [f"{view:<26} {rows:>6} rows → {view}.csv" for view, rows in self.rows.items()]
+        counts = table(list(self.rows.items()), right=(1,))
+        lines = [f"{line} rows → {view}.csv" for line, view in zip(counts, self.rows, strict=True)]
         lines.append(f"charts: {', '.join(p.name for p in self.charts)}")
         lines.append(f"report: {self.report}")
         return "\n".join(lines)

@@ -23,6 +23,7 @@ from app.errorlog import log_error
 from app.errors import ConfigError, TransientError
 from app.schema import quote_ident
 from app.settings import Settings
+from app.text import table
 from models.detrack import AssignmentRules
 from models.outbox import OutboxStatus
 from services.dispatch.client import DetrackClient
@@ -73,9 +74,7 @@ class DispatchResult:
             ("retry later (outbox)", self.by_status.get(OutboxStatus.RETRY, 0)),
             ("sent (outbox)", self.by_status.get(OutboxStatus.SENT, 0)),
         ]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"{name:<{width}}  {value:>6}" for name, value in rows]
-        return "\n".join(lines + stopped)
+        return "\n".join(table(rows, right=(1,)) + stopped)
 
 
 def load_rules(settings: Settings) -> AssignmentRules:
