@@ -206,7 +206,7 @@ def _key_figures(tables: dict[str, Rows]) -> list[tuple[str, int]]:
     ]
 
 
-def as_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A table cell's text: times in UTC to the minute, dates in ISO form, NULL as empty."""
     if value is None:
         return ""
@@ -223,7 +223,7 @@ def html_table(rows: list[asyncpg.Record], limit: int = 40) -> str:
         return "<p class='empty'>No rows yet.</p>"
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0].keys())  # noqa: SIM118 (a Record)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(as_text(v))}</td>" for v in r.values()) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell_text(v))}</td>" for v in r.values()) + "</tr>"
         for r in rows[:limit]
     )
     more = (
