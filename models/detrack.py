@@ -22,6 +22,8 @@ PERSONAL_FIELDS = frozenset(
 
 
 class Item(BaseModel):
+    """One line of a job's items: a package's description and quantity."""
+
     model_config = ConfigDict(extra="forbid")
 
     sku: str | None = None
@@ -53,9 +55,11 @@ class Job(BaseModel):
     items: list[Item] = Field(default_factory=list)
 
     def to_api(self) -> dict[str, object]:
+        """The job as DeTrack's API takes it (fields that are None left out)."""
         return self.model_dump(exclude_none=True)
 
     def masked(self) -> dict[str, object]:
+        """The job with its personal fields as *** (for dry runs and logs)."""
         return {k: ("***" if k in PERSONAL_FIELDS else v) for k, v in self.to_api().items()}
 
 
@@ -77,6 +81,7 @@ class Rule(BaseModel):
         return self
 
     def matches(self, job: Job) -> bool:
+        """The rule's one condition holds for the job (case and spaces ignored)."""
         if self.postal_code_prefix:
             code = (job.postal_code or "").replace(" ", "").upper()
             return code.startswith(self.postal_code_prefix.replace(" ", "").upper())
@@ -86,6 +91,8 @@ class Rule(BaseModel):
 
 
 class AssignmentRules(BaseModel):
+    """DISPATCH_RULES: ordered rules, then the fallback strategy for jobs no rule matches."""
+
     model_config = ConfigDict(extra="forbid")
 
     rules: list[Rule] = Field(default_factory=list)
