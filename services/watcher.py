@@ -42,6 +42,11 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
+try:
+    from watchdog.observers.inotify import InotifyObserver
+except ImportError:  # not Linux: the platform's observer, renames in seen as creations
+    InotifyObserver = None  # type: ignore[assignment,misc]
+
 from app.backoff import Doubling
 from app.db import Database, is_transient
 from app.errorlog import log_error
@@ -120,8 +125,11 @@ class _Events(FileSystemEventHandler):
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            self._send(event.src_path, Seen.GONE)
-            self._send(event.dest_path, Seen.MOVED_IN)
+            # With full events, a move from or to an unwatched folder has one side empty.
+            if event.src_path:
+                self._send(event.src_path, Seen.GONE)
+            if event.dest_path:
+                self._send(event.dest_path, Seen.MOVED_IN)
         elif isinstance(event, FileClosedEvent):  # close-write only; close-nowrite is its own class
             self._send(event.src_path, Seen.CLOSED)
         elif isinstance(event, FileModifiedEvent):
@@ -345,7 +353,15 @@ class Watcher:
             # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
             # a file renamed in is noted as moved in, which is all the watcher needs.
             InotifyMoveEventGrouper.delay = 0
-        observer: BaseObserver = PollingObserver(timeout=1) if self.settings.watch_polling else Observer()
+        observer: BaseObserver
+        if self.settings.watch_polling:
+            observer = PollingObserver(timeout=1)
+        elif InotifyObserver is not None:
+            # Full events: a file renamed in from another folder is a move (taken at once), not a
+            # creation (which waits for the settle time).
+            observer = InotifyObserver(generate_full_events=True)
+        else:
+            observer = Observer()
         handler = _Events(asyncio.get_running_loop(), self.note, self.folder)
         observer.schedule(handler, str(self.folder), recursive=False)
         observer.start()

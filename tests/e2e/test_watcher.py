@@ -197,6 +197,45 @@ def test_a_stalled_upload_is_never_loaded_in_part(
     assert watcher.stop() == 0
 
 
+def test_a_file_renamed_in_is_taken_without_waiting_for_the_settle_time(
+    dsn: str, workdir: Path, watchers: Watchers
+) -> None:
+    """A rename into the folder publishes a finished file (DESIGN §3.2): no settle time."""
+    imports = workdir / "imports"
+    watcher = watchers.start(dsn, workdir, WATCH_SETTLE_SECONDS="30")
+    staged = workdir / "meter_readings_renamed.csv"
+    staged.write_bytes(meter_csv(100, meters=2))
+    os.rename(staged, imports / staged.name)
+    wait_loaded(dsn, timeout=10)  # far less than the 30 s settle time
+    assert ledger(dsn) == [("meter_readings_renamed.csv", "loaded", 100, 0)]
+    assert watcher.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_file_renamed_in_while_its_writer_still_writes_is_not_loaded_in_part(
+    dsn: str, workdir: Path, watchers: Watchers
+) -> None:
+    """Renamed in too early, through a handle that stays open: the read lease refuses it until the
+    writer closes, then it loads whole."""
+    imports = workdir / "imports"
+    watcher = watchers.start(dsn, workdir, WATCH_SETTLE_SECONDS="0.3", WATCH_RESCAN_SECONDS="1")
+    content = meter_csv(SLOW_ROWS, meters=3)
+    staged = workdir / "meter_readings_early.csv"
+    with open(staged, "wb") as writer:
+        writer.write(content[:5000])
+        writer.flush()
+        os.rename(staged, imports / staged.name)
+        watcher.wait_for(r"meter_readings_early\.csv will be tried again in \d+ s: another process still")
+        time.sleep(2.5)  # past the settle time and two rescans: still not taken
+        assert ledger(dsn) == []
+        writer.write(content[5000:])
+    wait_loaded(dsn)
+    time.sleep(0.5)
+    assert ledger(dsn) == [("meter_readings_early.csv", "loaded", SLOW_ROWS, 0)]
+    assert [p.read_bytes() == content for p in processed_files(imports)] == [True]
+    assert watcher.stop() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_a_part_file_is_loaded_once_after_the_rename_and_never_before(
