@@ -19,6 +19,7 @@ from models.schedule import parse_schedule
 from services.handsfree.runner import ScheduledStage, StageRunner
 from services.handsfree.stage_runs import STAGES, recorded
 from services.handsfree.stages import analysis_summary, dispatch_summary, pipeline_summary, stage_calls
+from services.handsfree.webhook import WebhookListener
 from services.health import Health
 from services.supervisor import Service
 
@@ -48,12 +49,13 @@ class HandsFree:
 def hands_free(settings: Settings, db: Database, folder: Path, health: Health | None) -> HandsFree:
     """The services and hooks the settings ask for (none with the defaults)."""
     result = HandsFree()
+    metrics = None if health is None else health.registry
+    if settings.detrack_webhook_port:
+        result.services.append(WebhookListener(settings, db, metrics))
     schedules = {stage: parse_schedule(settings.schedules()[stage], settings.schedule_tz) for stage in STAGES}
     if not (settings.pipeline_on_ingest or any(schedules.values())):
         return result
-    runner = StageRunner(
-        settings, db, stage_calls(settings, db), metrics=None if health is None else health.registry
-    )
+    runner = StageRunner(settings, db, stage_calls(settings, db), metrics=metrics)
     result.services.append(runner)
     for stage, schedule in schedules.items():
         if schedule is not None:
