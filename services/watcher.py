@@ -404,9 +404,10 @@ async def run_watcher(
     """Watch `folder` until `stop` is set. `prepare` (the migrations) is tried first, and again
     with backoff for as long as PostgreSQL does not answer; /healthz says 503 meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
-    health = Health() if settings.health_port else None
+    # Alerts watch the database and ERP gauges even when /metrics is not served.
+    health = Health() if settings.health_port or settings.alert_urls.get_secret_value() else None
     server = None
-    if health is not None:
+    if health is not None and settings.health_port:
         try:
             server = health.serve(settings.health_host, settings.health_port)
         except OSError as exc:  # e.g. a second watcher on this host: it still loads files

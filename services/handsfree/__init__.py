@@ -16,6 +16,7 @@ from app.db import Database
 from app.settings import Settings
 from models.outcomes import FileOutcome
 from models.schedule import parse_schedule
+from services.handsfree.alerts import Alerter, AppriseSender, OutageWatch
 from services.handsfree.runner import ScheduledStage, StageRunner
 from services.handsfree.stage_runs import STAGES, recorded
 from services.handsfree.stages import analysis_summary, dispatch_summary, pipeline_summary, stage_calls
@@ -50,12 +51,21 @@ def hands_free(settings: Settings, db: Database, folder: Path, health: Health | 
     """The services and hooks the settings ask for (none with the defaults)."""
     result = HandsFree()
     metrics = None if health is None else health.registry
+    alerter = None
+    if urls := [u.strip() for u in settings.alert_urls.get_secret_value().split(",") if u.strip()]:
+        alerter = Alerter(settings, AppriseSender(urls), metrics)
+        result.services.append(alerter)
+        result.hooks.append(alerter.on_file)
+        if health is not None:
+            result.services.append(OutageWatch(settings, health, alerter.notify))
     if settings.detrack_webhook_port:
         result.services.append(WebhookListener(settings, db, metrics))
     schedules = {stage: parse_schedule(settings.schedules()[stage], settings.schedule_tz) for stage in STAGES}
     if not (settings.pipeline_on_ingest or any(schedules.values())):
         return result
-    runner = StageRunner(settings, db, stage_calls(settings, db), metrics=metrics)
+    runner = StageRunner(
+        settings, db, stage_calls(settings, db), alerter.notify if alerter else None, metrics=metrics
+    )
     result.services.append(runner)
     for stage, schedule in schedules.items():
         if schedule is not None:
