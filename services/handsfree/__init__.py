@@ -17,6 +17,7 @@ from app.settings import Settings
 from models.outcomes import FileOutcome
 from models.schedule import parse_schedule
 from services.handsfree.alerts import Alerter, AppriseSender, OutageWatch
+from services.handsfree.retention import Retention
 from services.handsfree.runner import ScheduledStage, StageRunner
 from services.handsfree.stage_runs import STAGES, recorded
 from services.handsfree.stages import analysis_summary, dispatch_summary, pipeline_summary, stage_calls
@@ -60,6 +61,8 @@ def hands_free(settings: Settings, db: Database, folder: Path, health: Health | 
             result.services.append(OutageWatch(settings, health, alerter.notify))
     if settings.detrack_webhook_port:
         result.services.append(WebhookListener(settings, db, metrics))
+    if settings.processed_retention_days is not None:
+        result.services.append(Retention(folder, settings.processed_retention_days))
     schedules = {stage: parse_schedule(settings.schedules()[stage], settings.schedule_tz) for stage in STAGES}
     if not (settings.pipeline_on_ingest or any(schedules.values())):
         return result
