@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--status",
         action="store_true",
-        help="print recent files and their outcome: status, rows, rejects, errors",
+        help="print recent files and their outcome: status, rows, rejects, errors; and each stage's "
+        "last run and when it is due next",
     )
     parser.add_argument(
         "--demo",
