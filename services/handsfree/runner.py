@@ -105,6 +105,11 @@ class StageRunner:
         self._busy.add(call.stage)
         try:
             summary = await self._call(call, trigger)
+        except asyncio.CancelledError:  # stopped past the grace period: the stage rolled back
+            await finish_quietly(
+                self.db, run_id, "failed", {"error": "Stopped", "message": "loadbay stopped"}
+            )
+            raise
         finally:
             self._busy.discard(call.stage)
         outcome = outcome_of(summary)
