@@ -25,8 +25,9 @@ from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.analysis import run_analysis
 from services.dispatch import run_dispatch
+from services.handsfree import analysis_summary, dispatch_summary, pipeline_summary, recorded
 from services.ingest import run_ingest
-from services.pipeline import PipelineRunner, record_failure, run_pipeline
+from services.pipeline import record_failure, run_pipeline
 from services.pull import Puller, run_pull
 from services.status import run_status
 from services.watcher import run_watcher
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--status",
         action="store_true",
-        help="print recent files and their outcome: status, rows, rejects, errors",
+        help="print recent files and their outcome: status, rows, rejects, errors; and each stage's "
+        "last run and when it is due next",
     )
     parser.add_argument(
         "--demo",
@@ -176,8 +178,9 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
 
     if one_shot:
         await prepare_database()
-    # Ingest workers, pipeline workers, the puller's lock and load, and the health probe.
-    db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 4)
+    # Ingest workers, pipeline workers, the puller's lock and load, the health probe, and
+    # hands-free mode's stage runs, schedules and webhook requests.
+    db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 8)
     try:
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
@@ -195,16 +198,20 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             code = max(code, await _pipeline(settings, db))
         if args.dispatch or args.demo:
             dry_run = args.dry_run or (args.demo and not settings.detrack_api_key.get_secret_value())
-            dispatched = await run_dispatch(settings, db, dry_run=dry_run)
+            dispatched = await recorded(
+                db, "dispatch", "flag", lambda: run_dispatch(settings, db, dry_run=dry_run), dispatch_summary
+            )
             print(dispatched.summary())
             code = max(code, EXIT_SOME_FAILED if dispatched.failed else EXIT_OK)
         if args.analysis or args.demo:
-            print((await run_analysis(settings, db)).summary())
+            analysed = await recorded(
+                db, "analysis", "flag", lambda: run_analysis(settings, db), analysis_summary
+            )
+            print(analysed.summary())
         if args.status or args.demo:
-            print((await run_status(db)).render())
+            print((await run_status(db, settings)).render())
         if watch:
             folder = Path(args.watch) if args.watch else settings.imports_dir
-            runner = PipelineRunner(settings, db) if settings.pipeline_on_ingest else None
             puller = Puller(settings, registry, db) if settings.epms_odbc_dsn.get_secret_value() else None
             watched = await run_watcher(
                 settings,
@@ -212,14 +219,11 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
                 registry,
                 folder,
                 _stop_event(),
-                runner.after_load if runner else None,
-                puller,
+                puller=puller,
                 # Only a watcher on its own waits for the server to answer at start; after
                 # one-shot stages the schema is in place already.
                 prepare=None if one_shot else prepare_database,
             )
-            if runner is not None:
-                await runner.close()
             code = max(code, EXIT_SOME_FAILED if watched.failed else EXIT_OK)
         if args.demo:
             print(
@@ -233,7 +237,7 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
 
 async def _pipeline(settings: Settings, db: Database) -> int:
     try:
-        result = await run_pipeline(settings, db)
+        result = await recorded(db, "pipeline", "flag", lambda: run_pipeline(settings, db), pipeline_summary)
     except DatabaseUnavailable:
         raise
     except Exception as exc:

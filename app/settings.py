@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.schedule import ScheduleError, parse_schedule
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # An ERP object name: one to three dot-separated parts (database.schema.table), each a SQL Server
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
     pipeline_on_ingest: bool = False
     pipeline_workers: int = Field(2, ge=1, le=16)
 
+    # Hands-free watch mode (README, "Running hands-free"): empty, seconds, or 5-field cron.
+    pipeline_schedule: str = ""
+    dispatch_schedule: str = ""
+    analysis_schedule: str = ""
+    schedule_tz: str = "UTC"
+    dispatch_after_pipeline: bool = False
+
     detrack_api_key: SecretStr = SecretStr("")
     detrack_base_url: str = "https://app.detrack.com/api/v2"
     dispatch_ship_via: str = "10005"
@@ -68,6 +77,20 @@ class Settings(BaseSettings):
     # Loopback by default: the metrics are for this host's probes; a container sets 0.0.0.0 so
     # that its published port reaches them.
     health_host: str = "127.0.0.1"
+
+    # DeTrack's status pushes: every interface by default, since it faces DeTrack.
+    detrack_webhook_port: int = Field(0, ge=0, le=65535)
+    detrack_webhook_host: str = "0.0.0.0"
+    detrack_webhook_user: str = ""
+    detrack_webhook_password: SecretStr = SecretStr("")
+
+    # Apprise URLs carry tokens and passwords: a secret as a whole.
+    alert_urls: SecretStr = SecretStr("")
+    alert_reject_ratio: float = Field(0.01, ge=0, le=1)
+    alert_outage_seconds: float = Field(300.0, gt=0)
+    alert_min_interval_seconds: float = Field(300.0, ge=0)
+
+    processed_retention_days: int | None = Field(None, ge=1)
 
     energy_noise_tolerance_kwh: float = Field(0.01, ge=0)
     energy_max_power_kw: float = Field(100.0, gt=0)
@@ -109,7 +132,42 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not {expected}")
         return value
 
-    @field_validator("source_timezone", "energy_settlement_tz")
+    @field_validator("pipeline_schedule", "dispatch_schedule", "analysis_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            parse_schedule(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _hands_free(self) -> Settings:
+        if self.detrack_webhook_port and not (
+            self.detrack_webhook_user and self.detrack_webhook_password.get_secret_value()
+        ):
+            raise ValueError(
+                "DETRACK_WEBHOOK_PORT is set, so DETRACK_WEBHOOK_USER and DETRACK_WEBHOOK_PASSWORD are "
+                "required (DeTrack sends them as Basic Auth): set both, or DETRACK_WEBHOOK_PORT=0"
+            )
+        if (self.dispatch_schedule or self.dispatch_after_pipeline) and not (
+            self.detrack_api_key.get_secret_value()
+        ):
+            raise ValueError(
+                "DISPATCH_SCHEDULE or DISPATCH_AFTER_PIPELINE is set but DETRACK_API_KEY is empty, so "
+                "no job could be sent: set DETRACK_API_KEY, or turn them off"
+            )
+        return self
+
+    def schedules(self) -> dict[str, str]:
+        """Each stage's schedule as configured (empty: not scheduled)."""
+        return {
+            "pipeline": self.pipeline_schedule,
+            "dispatch": self.dispatch_schedule,
+            "analysis": self.analysis_schedule,
+        }
+
+    @field_validator("source_timezone", "energy_settlement_tz", "schedule_tz")
     @classmethod
     def _timezone(cls, value: str) -> str:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -21,7 +21,6 @@ from app.errorlog import log_error
 from app.schema import quote_ident
 from app.settings import Settings
 from app.sqlfiles import sql
-from models.outcomes import FileOutcome
 from services.energy import EnergyResult, MeterWindow, compute_energy
 
 log = logging.getLogger(__name__)
@@ -91,6 +90,11 @@ class PipelineResult:
 
     steps: list[StepResult] = field(default_factory=list)
     energy: EnergyResult = field(default_factory=EnergyResult)
+
+    @property
+    def shipments_changed(self) -> bool:
+        """Shipments or their packages were inserted or changed (DISPATCH_AFTER_PIPELINE)."""
+        return any(s.rows for s in self.steps if s.step in ("shipments", "packages"))
 
     def summary(self) -> str:
         """The table --pipeline prints."""
@@ -259,42 +263,6 @@ def _window(row: asyncpg.Record) -> MeterWindow:
     # Half-hours from the first boundary at or after the checkpoint are recomputed in full.
     emit_from = BEGINNING + HALF_HOUR * -(-(checkpoint - BEGINNING) // HALF_HOUR)
     return MeterWindow(row["meter_id"], checkpoint, emit_from, row["e_rel"])
-
-
-class PipelineRunner:
-    """Runs the pipeline after each loaded file (PIPELINE_ON_INGEST): one run at a time in this
-    process, and requests that arrive during a run coalesce into one more run."""
-
-    def __init__(self, settings: Settings, db: Database) -> None:
-        self.settings = settings
-        self.db = db
-        self._requested = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def after_load(self, outcome: FileOutcome) -> None:
-        """PIPELINE_ON_INGEST: a loaded file asks for a pipeline run."""
-        if outcome.status in ("loaded", "loaded_with_rejects"):
-            self.request()
-
-    def request(self) -> None:
-        """Ask for a run; requests that arrive while one runs are served by one more run."""
-        self._requested.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._requested.is_set():
-            self._requested.clear()
-            try:
-                await run_pipeline(self.settings, self.db)
-            except Exception as exc:  # the watcher goes on; the next load tries again
-                log.exception("pipeline run failed")
-                await record_failure(self.db, exc)
-
-    async def close(self) -> None:
-        """Wait for the run in hand to end."""
-        if self._task is not None:
-            await self._task
 
 
 async def record_failure(db: Database, exc: BaseException) -> None:

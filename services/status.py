@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
 from app.db import Database
+from app.settings import Settings
 from app.text import table
+from models.schedule import parse_schedule
 
 RECENT_FILES = 20
 NO_FILES = "No files yet. Drop a CSV into the imports folder, or run: python main.py --demo"
@@ -25,11 +28,20 @@ class StatusResult:
     pulls: list[asyncpg.Record] = field(default_factory=list)
     pull_error: asyncpg.Record | None = None
     retrying: list[asyncpg.Record] = field(default_factory=list)
+    stage_runs: list[asyncpg.Record] = field(default_factory=list)
+    next_due: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
         """The text --status prints."""
         files = self._files() if self.files else [NO_FILES]
-        return "\n".join(files + self._retrying() + self._pulls())
+        return "\n".join(files + self._retrying() + self._pulls() + self._stages())
+
+    def _stages(self) -> list[str]:
+        if not self.stage_runs and not self.next_due:
+            return []
+        last = {r["stage"]: r for r in self.stage_runs}
+        rows = [_stage_row(stage, last.get(stage), self.next_due.get(stage, "")) for stage in STAGES]
+        return ["", "Stages (ops.stage_runs):", *table(rows, _STAGE_COLUMNS)]
 
     def _retrying(self) -> list[str]:
         if not self.retrying:
@@ -76,6 +88,45 @@ class StatusResult:
         return lines
 
 
+STAGES = ("pipeline", "dispatch", "analysis")
+_STAGE_COLUMNS = ("stage", "last run (UTC)", "trigger", "outcome", "seconds", "next due (UTC)")
+
+
+def _stage_row(stage: str, run: asyncpg.Record | None, next_due: str) -> tuple[str, ...]:
+    if run is None:
+        return (stage, "never", "-", "-", "-", next_due or "-")
+    seconds = (
+        "-"
+        if run["finished_at"] is None
+        else f"{(run['finished_at'] - run['started_at']).total_seconds():.1f}"
+    )
+    outcome = run["outcome"] or "running"
+    if run["outcome"] == "failed" and run["error"]:
+        outcome += f" ({run['error']})"
+    return (
+        stage,
+        f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+        run["trigger"],
+        outcome,
+        seconds,
+        next_due or "-",
+    )
+
+
+def next_due(settings: Settings, now: datetime) -> dict[str, str]:
+    """When each stage runs next in watch mode, as these settings say."""
+    due: dict[str, str] = {}
+    for stage, text in settings.schedules().items():
+        schedule = parse_schedule(text, settings.schedule_tz)
+        if schedule is not None:
+            due[stage] = f"{schedule.next_tick(now):%Y-%m-%d %H:%M:%S} ({schedule.describe()})"
+    if settings.pipeline_on_ingest and "pipeline" not in due:
+        due["pipeline"] = "after each loaded file"
+    if settings.dispatch_after_pipeline and "dispatch" not in due:
+        due["dispatch"] = "after a pipeline that changed shipments"
+    return due
+
+
 def _note(record: asyncpg.Record) -> str:
     if record["error"]:
         return str(record["error"])
@@ -107,8 +158,11 @@ def _row(record: asyncpg.Record) -> tuple[str, ...]:
     )
 
 
-async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
-    """Read what --status shows from the ledger and its companions."""
+async def run_status(
+    db: Database, settings: Settings | None = None, limit: int = RECENT_FILES
+) -> StatusResult:
+    """Read what --status shows from the ledger and its companions; with `settings`, also when
+    each scheduled stage is due next."""
     async with db.connection() as conn:
         await conn.execute("SET TimeZone = 'UTC'")
         files = await conn.fetch(
@@ -149,6 +203,14 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
             ORDER BY id DESC LIMIT 1
             """
         )
+        stage_runs = await conn.fetch(
+            """
+            SELECT DISTINCT ON (stage) stage, trigger, started_at, finished_at, outcome,
+                   summary->>'error' AS error
+            FROM ops.stage_runs WHERE outcome IS DISTINCT FROM 'skipped'
+            ORDER BY stage, started_at DESC, id DESC
+            """
+        )
     return StatusResult(
         list(files),
         {r["status"]: r["n"] for r in totals},
@@ -156,4 +218,6 @@ async def run_status(db: Database, limit: int = RECENT_FILES) -> StatusResult:
         list(pulls),
         pull_error,
         list(retrying),
+        list(stage_runs),
+        {} if settings is None else next_due(settings, datetime.now(UTC)),
     )

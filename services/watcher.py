@@ -11,7 +11,9 @@ be read, or while processed/ or failed/ cannot receive them: each wait is logged
 counted on /metrics, and retried with backoff.
 
 `run_watcher` starts watch mode's services side by side under a `Supervisor`: this file watcher,
-the ERP pull loop (services.pull.loop, when EPMS_ODBC_DSN is set) and the health probe.
+the ERP pull loop (services.pull.loop, when EPMS_ODBC_DSN is set), the health probe, and what
+hands-free mode adds (services.handsfree: schedules, runs after loads, the DeTrack webhook, alerts,
+retention).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from app.errors import DatabaseUnavailable, FileStillOpen, FileUnreadable, Folde
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from models.outcomes import FileOutcome
+from services.handsfree import hands_free
 from services.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, DatabaseProbe, Health, WaitReason
 from services.ingest import Loader, check_state_folders, display_name, is_candidate_name
 from services.pull import Puller, PullLoop
@@ -417,9 +420,10 @@ async def run_watcher(
     """Watch `folder` until `stop` is set. `prepare` (the migrations) is tried first, and again
     with backoff for as long as PostgreSQL does not answer; /healthz says 503 meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
-    health = Health() if settings.health_port else None
+    # Alerts watch the database and ERP gauges even when /metrics is not served.
+    health = Health() if settings.health_port or settings.alert_urls.get_secret_value() else None
     server = None
-    if health is not None:
+    if health is not None and settings.health_port:
         try:
             server = health.serve(settings.health_host, settings.health_port)
         except OSError as exc:  # e.g. a second watcher on this host: it still loads files
@@ -433,8 +437,11 @@ async def run_watcher(
         if prepare is not None and not await _wait_for_database(prepare, stop, health):
             log.info("stopped before PostgreSQL answered; nothing was loaded")
             return WatchResult()
-        watcher = Watcher(settings, Loader(settings, registry, db), folder, on_outcome, health)
-        services: list[Service] = [watcher]
+        extra = hands_free(settings, db, folder, health)
+        if on_outcome is not None:
+            extra.hooks.insert(0, on_outcome)
+        watcher = Watcher(settings, Loader(settings, registry, db), folder, extra.on_outcome, health)
+        services: list[Service] = [watcher, *extra.services]
         if puller is not None:
             services.append(PullLoop(settings, puller, watcher.finish, health))
         if health is not None:

@@ -25,12 +25,15 @@ Timestamps (milestones, the rate window) come from ``now``, so a test may pass a
 
 from __future__ import annotations
 
+import base64
 import copy
 import hmac
 import json
 import math
 import socketserver
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,6 +98,9 @@ class DetrackStandin:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # (url, user, password) that set_status pushes each changed job to; None: no webhook
+        self.webhook: tuple[str, str | None, str | None] | None = None
+        self.webhook_answers: list[int] = []
 
     # Life cycle
 
@@ -179,9 +185,41 @@ class DetrackStandin:
             raise ValueError(f"invalid job: {errors}")
         return job
 
-    def set_status(self, do_number: str, date: str, status: str, at: datetime | None = None) -> Job:
-        """Move a job to ``status`` (a driver's action), adding a milestone at ``at`` (default now)."""
-        return self._store.set_status(do_number, date, status, at or self._now())
+    def set_status(
+        self,
+        do_number: str,
+        date: str,
+        status: str,
+        at: datetime | None = None,
+        pod: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Move a job to ``status`` (a driver's action), adding a milestone at ``at`` (default now) and
+        setting the proof-of-delivery fields in ``pod``. With :attr:`webhook` set, the job is then
+        pushed to it, as DeTrack's account-wide webhook does; the answer's code is in
+        :attr:`webhook_answers`."""
+        job = self._store.set_status(do_number, date, status, at or self._now(), pod)
+        if self.webhook is not None:
+            self.webhook_answers.append(self.push(do_number, date, *self.webhook))
+        return job
+
+    # Webhook pushes
+
+    def push(
+        self, do_number: str, date: str, url: str, user: str | None = None, password: str | None = None
+    ) -> int:
+        """POST the job, as a GET returns it, to ``url`` (with Basic Auth when ``user`` is given), like
+        DeTrack's webhook on a status change; returns the answer's status code."""
+        body = json.dumps(self._store.get(do_number, date)).encode()
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as refused:
+            return int(refused.code)
 
     # Introspection
 

@@ -202,11 +202,16 @@ class JobStore:
             self._jobs[key] = updated
             return copy.deepcopy(updated), []
 
-    def set_status(self, do_number: str, date: str, status: str, at: datetime) -> Job:
+    def set_status(
+        self, do_number: str, date: str, status: str, at: datetime, pod: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Move a job to ``status``; ``pod`` sets proof-of-delivery fields as the driver's app does
+        (``signature_file_url``, ``photo_1_file_url`` …, ``received_by_sent_by``, ``pod_at``, ``reason``)."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; DeTrack statuses are {', '.join(STATUSES)}")
         with self._lock:
             job = self._find(do_number, date, None)
+            job.update(copy.deepcopy(dict(pod or {})))
             job["status"] = status
             job["milestones"].append(milestone(status, at))
             return copy.deepcopy(job)

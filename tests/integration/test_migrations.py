@@ -36,7 +36,7 @@ def upgrade_to(dsn: str, revision: str) -> None:
 
 def test_analysis_parameters_comes_from_a_migration(dsn: str) -> None:
     # the test database is migrated and nothing has run --analysis on it
-    assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0008"
+    assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0009"
     assert columns(dsn, "analysis", "parameters") == PARAMETERS_COLUMNS
     assert fetchval(dsn, "SELECT count(*) FROM analysis.parameters") == 0
 
@@ -55,7 +55,7 @@ def test_a_database_where_analysis_created_the_table_migrates(pg: Server) -> Non
         migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))
         migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))  # and again: nothing to do
 
-        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0008"
+        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0009"
         assert columns(dsn, "analysis", "parameters") == PARAMETERS_COLUMNS
         rows = fetch(dsn, "SELECT ship_via, settlement_tz FROM analysis.parameters")
         assert [tuple(r) for r in rows] == [(["10005"], "UTC")]

@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Stages that may use another stage, and through what. Each entry is a reason, not a habit.
 ALLOWED = {
     ("analysis", "services.report"): "the report renders the analysis views",
+    ("handsfree", "services.pipeline"): "hands-free mode runs the pipeline on schedules and after loads",
+    ("handsfree", "services.dispatch"): "hands-free mode runs dispatch on schedules and after the pipeline",
+    ("handsfree", "services.analysis"): "hands-free mode runs the analysis on its schedule",
+    ("handsfree", "services.health"): "hands-free mode counts its runs, pushes and alerts on /metrics",
+    ("handsfree", "services.supervisor"): "hands-free mode's parts are watch-mode services",
     ("pipeline", "services.energy"): "energy is one of the pipeline's steps",
     ("pull", "services.ingest"): "a pull is loaded through the drop path (Loader, Origin)",
     ("pull", "services.health"): "the pull loop reports the ERP's health",
@@ -19,6 +24,7 @@ ALLOWED = {
     ("watcher", "services.health"): "watch mode serves /healthz and /metrics",
     ("watcher", "services.settle"): "watch mode's rules for complete files",
     ("watcher", "services.supervisor"): "watch mode runs its services side by side",
+    ("watcher", "services.handsfree"): "watch mode runs what hands-free mode adds",
 }
 
 
