@@ -158,6 +158,45 @@ def _row(record: asyncpg.Record) -> tuple[str, ...]:
     )
 
 
+# What --status reads, by part. Row values are left out on purpose: they may hold personal data.
+_QUERIES = {
+    "files": """
+        SELECT id, name, dataset, status, rows_loaded, rows_rejected, error, warnings::text,
+               duplicate_of, received_at
+        FROM ingest.files ORDER BY id DESC LIMIT $1
+    """,
+    "totals": "SELECT status, count(*) AS n FROM ingest.files GROUP BY status",
+    "rejects": """
+        SELECT r.file_id, f.name, r.record_no, r.line_no, r.column_name, r.reason
+        FROM ingest.rejected_rows r JOIN ingest.files f ON f.id = r.file_id
+        WHERE r.file_id = (SELECT max(file_id) FROM ingest.rejected_rows)
+        ORDER BY r.record_no LIMIT 5
+    """,
+    "pulls": """
+        SELECT dataset, source, file_id, rows_pulled, updated_at,
+               CASE kind WHEN 'binary' THEN '0x' || upper(value) ELSE value END AS shown
+        FROM ingest.pull_watermarks ORDER BY dataset
+    """,
+    "retrying": """
+        SELECT name, attempts, error_type, last_error, last_at FROM ingest.file_attempts
+        ORDER BY last_at DESC LIMIT 10
+    """,
+    # A failure newer than every watermark move: the pull is failing now.
+    "pull_error": """
+        SELECT occurred_at, message FROM ingest.error_log
+        WHERE component = 'pull'
+          AND occurred_at > coalesce((SELECT max(updated_at) FROM ingest.pull_watermarks), '-infinity')
+        ORDER BY id DESC LIMIT 1
+    """,
+    "stage_runs": """
+        SELECT DISTINCT ON (stage) stage, trigger, started_at, finished_at, outcome,
+               summary->>'error' AS error
+        FROM ops.stage_runs WHERE outcome IS DISTINCT FROM 'skipped'
+        ORDER BY stage, started_at DESC, id DESC
+    """,
+}
+
+
 async def run_status(
     db: Database, settings: Settings | None = None, limit: int = RECENT_FILES
 ) -> StatusResult:
@@ -165,59 +204,17 @@ async def run_status(
     each scheduled stage is due next."""
     async with db.connection() as conn:
         await conn.execute("SET TimeZone = 'UTC'")
-        files = await conn.fetch(
-            """
-            SELECT id, name, dataset, status, rows_loaded, rows_rejected, error, warnings::text,
-                   duplicate_of, received_at
-            FROM ingest.files ORDER BY id DESC LIMIT $1
-            """,
-            limit,
-        )
-        totals = await conn.fetch("SELECT status, count(*) AS n FROM ingest.files GROUP BY status")
-        # Values are left out on purpose: they may hold personal data.
-        rejects = await conn.fetch(
-            """
-            SELECT r.file_id, f.name, r.record_no, r.line_no, r.column_name, r.reason
-            FROM ingest.rejected_rows r JOIN ingest.files f ON f.id = r.file_id
-            WHERE r.file_id = (SELECT max(file_id) FROM ingest.rejected_rows)
-            ORDER BY r.record_no LIMIT 5
-            """
-        )
-        pulls = await conn.fetch(
-            """
-            SELECT dataset, source, file_id, rows_pulled, updated_at,
-                   CASE kind WHEN 'binary' THEN '0x' || upper(value) ELSE value END AS shown
-            FROM ingest.pull_watermarks ORDER BY dataset
-            """
-        )
-        retrying = await conn.fetch(
-            "SELECT name, attempts, error_type, last_error, last_at FROM ingest.file_attempts "
-            "ORDER BY last_at DESC LIMIT 10"
-        )
-        # A failure newer than every watermark move: the pull is failing now.
-        pull_error = await conn.fetchrow(
-            """
-            SELECT occurred_at, message FROM ingest.error_log
-            WHERE component = 'pull'
-              AND occurred_at > coalesce((SELECT max(updated_at) FROM ingest.pull_watermarks), '-infinity')
-            ORDER BY id DESC LIMIT 1
-            """
-        )
-        stage_runs = await conn.fetch(
-            """
-            SELECT DISTINCT ON (stage) stage, trigger, started_at, finished_at, outcome,
-                   summary->>'error' AS error
-            FROM ops.stage_runs WHERE outcome IS DISTINCT FROM 'skipped'
-            ORDER BY stage, started_at DESC, id DESC
-            """
-        )
+        found = {
+            part: await conn.fetch(query, *((limit,) if part == "files" else ()))
+            for part, query in _QUERIES.items()
+        }
     return StatusResult(
-        list(files),
-        {r["status"]: r["n"] for r in totals},
-        list(rejects),
-        list(pulls),
-        pull_error,
-        list(retrying),
-        list(stage_runs),
+        list(found["files"]),
+        {r["status"]: r["n"] for r in found["totals"]},
+        list(found["rejects"]),
+        list(found["pulls"]),
+        found["pull_error"][0] if found["pull_error"] else None,
+        list(found["retrying"]),
+        list(found["stage_runs"]),
         {} if settings is None else next_due(settings, datetime.now(UTC)),
     )

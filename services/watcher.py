@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
@@ -339,7 +340,7 @@ class Watcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until `stop` is set, then finish or roll back the files in hand."""
         check_state_folders(self.folder)  # refuse to start rather than move files through a link
-        observer = self._observe()
+        observer = _observe(self.settings, self.folder, self.note)
         workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.ingest_workers)]
         mode = "polling" if self.settings.watch_polling else "inotify"
         log.info("watching %s (%s, %d workers)", self.folder, mode, len(workers))
@@ -349,26 +350,6 @@ class Watcher:
             observer.stop()
             await self._drain(workers)
             observer.join(timeout=5)
-
-    def _observe(self) -> BaseObserver:
-        if not self.settings.watch_polling:
-            # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with
-            # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
-            # a file renamed in is noted as moved in, which is all the watcher needs.
-            InotifyMoveEventGrouper.delay = 0
-        observer: BaseObserver
-        if self.settings.watch_polling:
-            observer = PollingObserver(timeout=1)
-        elif InotifyObserver is not None:
-            # Full events: a file renamed in from another folder is a move (taken at once), not a
-            # creation (which waits for the settle time).
-            observer = InotifyObserver(generate_full_events=True)
-        else:
-            observer = Observer()
-        handler = _Events(asyncio.get_running_loop(), self.note, self.folder)
-        observer.schedule(handler, str(self.folder), recursive=False)
-        observer.start()
-        return observer
 
     async def _tick_until(self, stop: asyncio.Event) -> None:
         self.rescan()
@@ -407,6 +388,28 @@ class Watcher:
         await asyncio.gather(*workers, return_exceptions=True)
 
 
+def _observe(settings: Settings, folder: Path, note: Callable[[Path, Seen], None]) -> BaseObserver:
+    """Start watchdog on `folder`, handing every event to `note` on the event loop."""
+    if not settings.watch_polling:
+        # watchdog holds a rename-away (our own move to processed/) for 0.5 s to pair it with
+        # a rename-in, and every later event waits behind it. Unpaired halves are fine here:
+        # a file renamed in is noted as moved in, which is all the watcher needs.
+        InotifyMoveEventGrouper.delay = 0
+    observer: BaseObserver
+    if settings.watch_polling:
+        observer = PollingObserver(timeout=1)
+    elif InotifyObserver is not None:
+        # Full events: a file renamed in from another folder is a move (taken at once), not a
+        # creation (which waits for the settle time).
+        observer = InotifyObserver(generate_full_events=True)
+    else:
+        observer = Observer()
+    handler = _Events(asyncio.get_running_loop(), note, folder)
+    observer.schedule(handler, str(folder), recursive=False)
+    observer.start()
+    return observer
+
+
 async def run_watcher(
     settings: Settings,
     db: Database,
@@ -422,17 +425,7 @@ async def run_watcher(
     folder.mkdir(parents=True, exist_ok=True)
     # Alerts watch the database and ERP gauges even when /metrics is not served.
     health = Health() if settings.health_port or settings.alert_urls.get_secret_value() else None
-    server = None
-    if health is not None and settings.health_port:
-        try:
-            server = health.serve(settings.health_host, settings.health_port)
-        except OSError as exc:  # e.g. a second watcher on this host: it still loads files
-            log.warning(
-                "/healthz and /metrics not served: %s port %d: %s",
-                settings.health_host,
-                settings.health_port,
-                exc.strerror,
-            )
+    server = _serve_health(settings, health)
     try:
         if prepare is not None and not await _wait_for_database(prepare, stop, health):
             log.info("stopped before PostgreSQL answered; nothing was loaded")
@@ -459,6 +452,22 @@ async def run_watcher(
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _serve_health(settings: Settings, health: Health | None) -> ThreadingHTTPServer | None:
+    """/healthz and /metrics on HEALTH_HOST:HEALTH_PORT, if asked for and the port is free."""
+    if health is None or not settings.health_port:
+        return None
+    try:
+        return health.serve(settings.health_host, settings.health_port)
+    except OSError as exc:  # e.g. a second watcher on this host: it still loads files
+        log.warning(
+            "/healthz and /metrics not served: %s port %d: %s",
+            settings.health_host,
+            settings.health_port,
+            exc.strerror,
+        )
+        return None
 
 
 async def _wait_for_database(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,35 @@ def test_a_job_number_that_looks_like_a_suffix_gets_its_own_do_numbers_across_ru
         ("A(3)(2)", "S00002", "sent"),
     ]
     assert sorted(api.jobs) == [("A(3)", "2024-06-03"), ("A(3)(2)", "2024-06-03")]
+
+
+def test_the_status_sync_fills_proof_of_delivery_as_the_webhook_does(
+    dispatch_settings: Settings, dsn: str, api: DetrackStandin
+) -> None:
+    load_warehouse(dispatch_settings, shipment(1) + shipment(2))
+    dispatch(dispatch_settings)
+    done_at = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)  # after the job's creation
+    api.set_status(
+        "J0001",
+        "2024-06-03",
+        "completed",
+        at=done_at,
+        pod={"received_by_sent_by": "front desk", "signature_file_url": "https://pod.example/s/1.png"},
+    )
+    api.set_status("J0002", "2024-06-03", "failed", pod={"reason": "closed"})
+
+    first = dispatch(dispatch_settings)
+    again = dispatch(dispatch_settings)  # the same news twice changes nothing
+
+    assert (first.counts.delivered, again.counts.delivered) == (1, 0)
+    rows = fetch(
+        dsn,
+        "SELECT do_number, detrack_status, pod_at, received_by, signature_url, failure_reason "
+        "FROM warehouse.detrack_jobs ORDER BY do_number",
+    )
+    assert [tuple(r) for r in rows] == [
+        ("J0001", "completed", done_at, "front desk", "https://pod.example/s/1.png", None),
+        ("J0002", "failed", None, None, None, "closed"),
+    ]
+    [delivered] = fetch(dsn, "SELECT delivered, delivered_at FROM warehouse.fact_shipment WHERE delivered")
+    assert tuple(delivered) == (True, done_at)
