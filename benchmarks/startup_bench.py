@@ -49,7 +49,7 @@ def main() -> None:
         sources[f"{args.ref}"] = snapshot(ROOT, args.ref, ROOT / "benchmarks" / "work" / "src")[0]
     server = BenchServer()
     try:
-        envs = {}
+        envs: dict[str, tuple[Path, dict[str, str], Path]] = {}
         for label, folder in sources.items():
             _, dsn = server.create_database("startup")
             cwd = work / str(len(envs))
