@@ -122,5 +122,5 @@ def test_a_changed_declaration_is_synchronised_at_start(settings: Settings, dsn:
 def test_a_new_database_is_migrated_to_the_head(pg: Server, workdir: Path) -> None:
     with pg.database() as dsn:
         ensure(make_settings(dsn, workdir), DatasetRegistry.from_toml({}))
-        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == head_revision() == "0007"
+        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == head_revision()
         assert fetchval(dsn, "SELECT count(*) FROM staging.shipments") == 0
