@@ -13,24 +13,15 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from app.datasets import load_registry
-from app.db import Database, resolve_dsn
-from app.errors import ConfigError, DatabaseUnavailable
-from app.logging import setup_logging
-from app.migrate import migrate
-from app.settings import Settings
-from models.datasets import DatasetRegistry
-from services.analysis import run_analysis
-from services.dispatch import run_dispatch
-from services.handsfree import analysis_summary, dispatch_summary, pipeline_summary, recorded
-from services.ingest import run_ingest
-from services.pipeline import record_failure, run_pipeline
-from services.pull import Puller, run_pull
-from services.status import run_status
-from services.watcher import run_watcher
+# Every command pays for what is imported here, and `--help` for everything up to parse_args:
+# the stages, and what they pull in (SQLAlchemy, Alembic, watchdog, requests, matplotlib,
+# pyodbc, prometheus_client), are imported where a flag needs them.
+if TYPE_CHECKING:
+    from app.db import Database
+    from app.settings import Settings
+    from models.datasets import DatasetRegistry
 
 log = logging.getLogger("loadbay")
 
@@ -108,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from app.datasets import load_registry
+    from app.errors import ConfigError, DatabaseUnavailable
+    from app.logging import setup_logging
+    from app.settings import Settings
+
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -158,6 +156,10 @@ def _quiet_abandoned_cancel_requests(loop: asyncio.AbstractEventLoop, context: d
 
 
 async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRegistry) -> int:
+    from app.db import Database, resolve_dsn
+    from app.errors import ConfigError
+    from app.migrate import ensure_schema
+
     asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_cancel_requests)
     if args.dry_run and not args.dispatch:
         raise ConfigError("--dry-run goes with --dispatch", hint="Run: python main.py --dispatch --dry-run")
@@ -172,31 +174,38 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
     )
     watch = args.watch is not None or not one_shot
     dsn = await asyncio.to_thread(resolve_dsn, settings)
-
-    async def prepare_database() -> None:
-        await asyncio.to_thread(migrate, dsn, settings, registry)
-
-    if one_shot:
-        await prepare_database()
     # Ingest workers, pipeline workers, the puller's lock and load, the health probe, and
     # hands-free mode's stage runs, schedules and webhook requests.
     db = Database(dsn, max_size=settings.ingest_workers + settings.pipeline_workers + 8)
+
+    async def prepare_database() -> None:
+        await ensure_schema(db, settings, registry)
+
     try:
+        if one_shot:
+            await prepare_database()
         ingest_paths: list[Path] = list(args.ingest or [])
         if args.demo:
             ingest_paths.append(_prepare_demo(settings))
         code = EXIT_OK
         if args.pull:
+            from services.pull import run_pull
+
             pulled = await run_pull(settings, registry, db)
             print(pulled.summary())
             code = max(code, EXIT_SOME_FAILED if pulled.failed else EXIT_OK)
         if ingest_paths:
+            from services.ingest import run_ingest
+
             result = await run_ingest(settings, db, registry, ingest_paths)
             if result.failed:
                 code = EXIT_SOME_FAILED
         if args.pipeline or args.demo:
             code = max(code, await _pipeline(settings, db))
         if args.dispatch or args.demo:
+            from services.dispatch import run_dispatch
+            from services.handsfree import dispatch_summary, recorded
+
             dry_run = args.dry_run or (args.demo and not settings.detrack_api_key.get_secret_value())
             dispatched = await recorded(
                 db, "dispatch", "flag", lambda: run_dispatch(settings, db, dry_run=dry_run), dispatch_summary
@@ -204,13 +213,21 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
             print(dispatched.summary())
             code = max(code, EXIT_SOME_FAILED if dispatched.failed else EXIT_OK)
         if args.analysis or args.demo:
+            from services.analysis import run_analysis
+            from services.handsfree import analysis_summary, recorded
+
             analysed = await recorded(
                 db, "analysis", "flag", lambda: run_analysis(settings, db), analysis_summary
             )
             print(analysed.summary())
         if args.status or args.demo:
+            from services.status import run_status
+
             print((await run_status(db, settings)).render())
         if watch:
+            from services.pull import Puller
+            from services.watcher import run_watcher
+
             folder = Path(args.watch) if args.watch else settings.imports_dir
             puller = Puller(settings, registry, db) if settings.epms_odbc_dsn.get_secret_value() else None
             watched = await run_watcher(
@@ -236,6 +253,10 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: DatasetRe
 
 
 async def _pipeline(settings: Settings, db: Database) -> int:
+    from app.errors import DatabaseUnavailable
+    from services.handsfree import pipeline_summary, recorded
+    from services.pipeline import record_failure, run_pipeline
+
     try:
         result = await recorded(db, "pipeline", "flag", lambda: run_pipeline(settings, db), pipeline_summary)
     except DatabaseUnavailable:

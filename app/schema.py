@@ -8,12 +8,15 @@ as constraints. Nothing is ever dropped or narrowed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-
-from sqlalchemy import Connection, text
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
 from models.datasets import SQL_TYPES, DatasetRegistry, DatasetSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,18 @@ def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
     return statements
 
 
+def staging_mark(schema: str, dataset: DatasetSpec) -> str:
+    """What a staging table's comment says once it is in sync with `dataset`: a digest of its DDL
+    and row rules. Start-up compares the marks instead of running the sync (app/migrate.py)."""
+    digest = hashlib.sha256(repr((staging_ddl(schema, dataset), sorted(row_rules(dataset).items()))).encode())
+    return f"loadbay staging table, in sync with declaration {digest.hexdigest()[:16]}"
+
+
 def sync_staging_tables(conn: Connection, settings: Settings, registry: DatasetRegistry) -> None:
     """Create missing staging tables and add columns a dataset declares since; never drops."""
+    # SQLAlchemy is imported only by the migrations, which start-up skips when nothing changed.
+    from sqlalchemy import text
+
     schema = settings.staging_schema
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
     for dataset in registry.datasets:
@@ -105,4 +118,6 @@ def sync_staging_tables(conn: Connection, settings: Settings, registry: DatasetR
             conn.execute(
                 text(f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(name)} CHECK ({wanted[name]})")
             )
+        # COMMENT takes no bound parameters; the mark is made of letters, digits and spaces only.
+        conn.execute(text(f"COMMENT ON TABLE {table} IS '{staging_mark(schema, dataset)}'"))
     log.debug("staging tables in sync for %d datasets", len(registry.datasets))

@@ -58,10 +58,12 @@ SELECT meter_id, source, b AS interval_start, true AS covered,
        rst_end - rst_before AS resets
 FROM spans
 WHERE e IS NOT NULL
-UNION
+UNION ALL
 -- The half-hours at either edge, only partly covered by readings: MISSING until more arrive.
-SELECT meter_id, source, date_bin('30 minutes', t, timestamptz '2000-01-01 00:00+00'), false,
-       NULL, 1, 0, 0, 0
+-- They never coincide with a span above (spans run between boundaries inside the readings);
+-- DISTINCT merges the two edges of a meter whose readings all fall in one half-hour.
+SELECT DISTINCT meter_id, source, date_bin('30 minutes', t, timestamptz '2000-01-01 00:00+00'), false,
+       NULL::numeric, 1, 0, 0, 0
 FROM (
     SELECT meter_id, source, min(t1) AS first_t, max(t1) AS last_t, count(*) AS readings
     FROM e_steps GROUP BY meter_id, source

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from app.migrate import migrate
+from app.migrate import head_revision, migrate
 from app.settings import Settings
 from models.datasets import DatasetRegistry
 from services.analysis import create_views
@@ -93,7 +93,7 @@ def test_a_database_migrated_before_0008_keeps_the_list_analysis_stored(pg: Serv
 
         migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))
 
-        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == "0008"
+        assert fetchval(dsn, "SELECT version_num FROM ingest.alembic_version") == head_revision()
         assert fetchval(dsn, "SELECT ship_via FROM warehouse.dispatch_parameters") == ["10005", "10007"]
         nullable = fetchval(
             dsn,
