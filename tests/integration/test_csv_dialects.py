@@ -141,7 +141,11 @@ def test_a_number_not_in_the_declared_style_is_a_rejected_row_naming_the_column(
 
 def test_a_space_as_thousands_separator_takes_no_break_spaces_too(settings: Settings, dsn: str) -> None:
     registry = with_datasets(settings, '[datasets.meter_readings]\ndecimal = ","\nthousands = " "\n')
-    content = "meter_id;reading_at;register_kwh\nM1;2024-01-15T00:00:00Z;1 234,5\nM1;2024-01-15T00:30:00Z;2\u00a0000\n"
+    content = (
+        "meter_id;reading_at;register_kwh\n"
+        "M1;2024-01-15T00:00:00Z;1 234,5\n"
+        "M1;2024-01-15T00:30:00Z;2\u00a0000\n"
+    )
 
     ingest(settings, drop(settings.imports_dir, "meter_fr.csv", content), registry=registry)
 
@@ -176,7 +180,7 @@ def test_excel_unicode_text_loads_with_no_settings(settings: Settings, dsn: str)
     # What Excel's "Save as Unicode Text" writes: UTF-16 LE with BOM, tabs, CRLF, a .txt name,
     # quotes around a value with a tab or quote in it.
     rows = [
-        SHIPMENT_HEADER + ["ShipName"],
+        [*SHIPMENT_HEADER, "ShipName"],
         SHIPMENT_ROWS[0] + ['"Müller ""GmbH"""'],
         SHIPMENT_ROWS[1] + ["Ørsted"],
     ]
