@@ -71,7 +71,7 @@ def open_parquet(source: Source) -> pq.ParquetFile:
         return pq.ParquetFile(reader, buffer_size=_BUFFER, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
         raise MalformedFile(
-            f"the Parquet file is damaged ({exc})", hint=_HINT, file_name=source.label
+            f"the Parquet file is damaged ({_first_line(exc)})", hint=_HINT, file_name=source.label
         ) from None
 
 
@@ -132,7 +132,9 @@ class BatchRows:
                 return
             except (pa.ArrowException, OSError) as exc:
                 raise MalformedFile(
-                    f"the Parquet file is damaged after row {first - 1} ({exc})", hint=_HINT, file_name=label
+                    f"the Parquet file is damaged after row {first - 1} ({_first_line(exc)})",
+                    hint=_HINT,
+                    file_name=label,
                 ) from None
             yield self._chunk(batch, first)
             first += batch.num_rows
@@ -222,6 +224,10 @@ class BatchRows:
             else:
                 chunk.add(row, record_no, None, None)
         return chunk
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _is_text(column: pa.Array) -> bool:
