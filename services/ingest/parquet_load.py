@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from array import array
 from collections.abc import Iterator
 from contextlib import aclosing
 from datetime import date, datetime, time
@@ -27,7 +28,6 @@ from models.headers import HeaderMap
 from services.ingest import ledger
 from services.ingest.csv_load import extra_names, extras_warnings, map_header
 from services.ingest.rows import (
-    CHUNK_ROWS,
     Chunk,
     LoadStats,
     Reject,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 _MAGIC = b"PAR1"
 _BUFFER = 1 << 20
+BATCH_ROWS = 8_192  # rows a batch: smaller batches, less memory; below this, COPY overhead shows
 _HINT = "Write the file again (it may be cut off), or give it the extension of what it is"
 
 
@@ -55,6 +56,9 @@ def open_parquet(source: Source) -> pq.ParquetFile:
     import pyarrow as pa  # imported when a Parquet file comes: it costs 40 MB and 0.3 s
     import pyarrow.parquet as pq
 
+    # Arrow's own allocator (mimalloc) keeps freed batches for reuse, about 20 MB more at the peak
+    # than the C library's, which Python shares.
+    pa.set_memory_pool(pa.system_memory_pool())
     reader = source.random_access()
     head = reader.read(4)
     reader.seek(-4, io.SEEK_END)
@@ -124,7 +128,7 @@ class BatchRows:
         import pyarrow as pa
 
         first = 1
-        batches = parquet.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
         while True:
             try:
                 batch = next(batches)
@@ -140,8 +144,9 @@ class BatchRows:
             first += batch.num_rows
 
     def _chunk(self, batch: pa.RecordBatch, first: int) -> Chunk:
+        # pyarrow.compute is used only for naive timestamps in a zone with daylight saving: its
+        # first call sets up every kernel (+45 MB), so the checks below stay in plain pyarrow.
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.csv as pa_csv
 
         columns = [batch.column(i) for i in self.indexes]
@@ -150,28 +155,34 @@ class BatchRows:
         ):
             return self._rows_in_python(batch, first)
         for k, column in enumerate(columns):
-            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                if pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py():
-                    return self._rows_in_python(batch, first)  # a line break: COPY lines are not rows
-            elif (
+            if (
                 pa.types.is_timestamp(column.type)
                 and column.type.tz is None
                 and not is_fixed_offset(self.zone)
             ):
+                import pyarrow.compute as pc
+
                 try:
                     columns[k] = pc.assume_timezone(column, self.zone, ambiguous="raise", nonexistent="raise")
                 except pa.ArrowInvalid:
                     return self._rows_in_python(batch, first)  # the rows name the local times
             elif not _writable(column.type):
                 return self._rows_in_python(batch, first)
-        bad = self._broken_rules(columns)
-        if bad is not None and pc.any(bad).as_py():
+        if self._breaks_a_rule(columns):
             return self._rows_in_python(batch, first)
         n = batch.num_rows
+        # Arrays from buffers: pa.array() of a Python list would import pandas (+50 MB) to ask
+        # whether the list is one of its kinds.
+        file_ids = pa.Array.from_buffers(
+            pa.int64(), n, [None, pa.py_buffer(array("q", [self.target.file_id]) * n)]
+        )
+        record_nos = pa.Array.from_buffers(
+            pa.int64(), n, [None, pa.py_buffer(array("q", range(first, first + n)))]
+        )
         table = pa.table(
             [
-                pa.array([self.target.file_id] * n, pa.int64()),
-                pa.array(range(first, first + n), pa.int64()),
+                file_ids,
+                record_nos,
                 *columns,
                 pa.nulls(n, pa.string()),
             ],
@@ -179,31 +190,41 @@ class BatchRows:
         )
         out = io.BytesIO()
         pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
-        lines = out.getvalue().splitlines(keepends=True)
-        chunk = Chunk(rows=list(lines), record_nos=list(range(first, first + n)), line_nos=[None] * n)
-        chunk.records = n
-        return chunk
+        block = out.getvalue()
+        if block.count(b"\n") != n:
+            return self._rows_in_python(batch, first)  # a value with a line break: lines are not rows
+        return LinesChunk(block, first, n)
 
-    def _broken_rules(self, columns: list[pa.Array]) -> pa.Array | None:
-        """True for rows that break a row rule (required value missing, a group all empty)."""
-        import pyarrow.compute as pc
+    def _breaks_a_rule(self, columns: list[pa.Array]) -> bool:
+        """Some row lacks a required value, or has none of an "at least one of" group."""
 
-        def empty(column: pa.Array) -> pa.Array:
+        def empty(column: pa.Array) -> list[bool] | None:
+            """Per row, whether the value is missing; None when none is."""
+            if not _is_text(column) and not column.null_count:
+                return None
+            values = column.to_pylist()
             if _is_text(column):
-                return pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_trim(column, " "), ""))
-            return pc.is_null(column)
+                return [v is None or not v.strip(" ") for v in values]
+            return [v is None for v in values]
 
-        bad = None
         for k, spec in enumerate(self.plan.specs):
-            if spec.required:
-                bad = empty(columns[k]) if bad is None else pc.or_(bad, empty(columns[k]))
+            if spec.required and (missing := empty(columns[k])) is not None and any(missing):
+                return True
         for group in self.plan.any_groups:
-            if group:
-                none = empty(columns[group[0]])
-                for k in group[1:]:
-                    none = pc.and_(none, empty(columns[k]))
-                bad = none if bad is None else pc.or_(bad, none)
-        return bad
+            missing_all: list[bool] | None = None
+            for k in group:
+                missing = empty(columns[k])
+                if missing is None:
+                    break
+                missing_all = (
+                    missing
+                    if missing_all is None
+                    else [a and b for a, b in zip(missing_all, missing, strict=True)]
+                )
+            else:
+                if group and missing_all is not None and any(missing_all):
+                    return True
+        return False
 
     def _rows_in_python(self, batch: pa.RecordBatch, first: int) -> Chunk:
         chunk = Chunk()
@@ -224,6 +245,52 @@ class BatchRows:
             else:
                 chunk.add(row, record_no, None, None)
         return chunk
+
+
+class LinesChunk(Chunk):
+    """A batch as one block of COPY lines, one a row: no Python object per row (a million of
+    them would fragment the heap for good)."""
+
+    def __init__(self, block: bytes, first: int, n: int) -> None:
+        super().__init__(record_nos=list(range(first, first + n)), line_nos=[None] * n)
+        self.records = n
+        self.rows = _Lines(block, n)  # type: ignore[assignment]
+        self._block = block
+
+    def payload(self, start: int = 0, stop: int | None = None) -> bytes:
+        lines: _Lines = self.rows  # type: ignore[assignment]
+        return self._block[lines.offset(start) : lines.offset(len(lines) if stop is None else stop)]
+
+    def row_at_line(self, line: int, start: int) -> int:
+        return start + max(line, 1) - 1  # one line a row
+
+
+class _Lines:
+    """The lines of a block, by index, found when first asked for."""
+
+    def __init__(self, block: bytes, n: int) -> None:
+        self._block = block
+        self._n = n
+        self._ends: array[int] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def offset(self, index: int) -> int:
+        if index == 0:
+            return 0
+        if index == self._n:
+            return len(self._block)
+        if self._ends is None:
+            ends, at = array("q"), self._block.find(b"\n")
+            while at >= 0:
+                ends.append(at + 1)
+                at = self._block.find(b"\n", at + 1)
+            self._ends = ends
+        return self._ends[index - 1]
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._block[self.offset(index) : self.offset(index + 1)]
 
 
 def _first_line(exc: BaseException) -> str:

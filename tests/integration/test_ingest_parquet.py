@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from app.settings import Settings
 from tests.integration.helpers import drop, ingest
 from tests.integration.test_hostile_input import assert_failed
+from tests.memory import run_cli_measured
 from tests.pg import fetch, fetchval
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -235,3 +238,41 @@ def test_a_parquet_file_whose_pages_are_damaged_fails(settings: Settings, dsn: s
         error="the Parquet file is damaged after row 0 (Couldn't deserialize thrift: TProtocolException: "
         "Invalid data). Write the file again (it may be cut off), or give it the extension of what it is",
     )
+
+
+def meter_parquet(n: int) -> bytes:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    table = pa.table(
+        {
+            "meter_id": pa.array([f"M{i % 200:03d}" for i in range(n)]),
+            "reading_at": pa.array(
+                [start + timedelta(minutes=10 * (i // 200)) for i in range(n)], pa.timestamp("us", "UTC")
+            ),
+            "register_kwh": pa.array([Decimal(i) / 1000 for i in range(n)], pa.decimal128(12, 3)),
+            "power_w": pa.array([float(i % 5000) for i in range(n)]),
+        }
+    )
+    return parquet_bytes(table)  # pyarrow's default: one row group of up to 1Mi rows
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_by_the_batch_not_the_file(dsn: str, workdir: Path) -> None:
+    peaks = {}
+    for n in (100_000, 1_000_000):
+        drop(workdir / "imports", f"meter_{n}.parquet", meter_parquet(n))
+
+        run = run_cli_measured(dsn, workdir, "--ingest", f"imports/meter_{n}.parquet", timeout=600)
+
+        assert run.returncode == 0, run.stderr[-2000:]
+        peaks[n] = run.peak_mb
+    print(f"Parquet peak: {peaks[100_000]:.0f} MB at 100k rows, {peaks[1_000_000]:.0f} MB at 1M rows")
+    files = fetch(dsn, "SELECT name, status, rows_loaded FROM ingest.files ORDER BY id")
+    assert [tuple(f) for f in files] == [
+        ("meter_100000.parquet", "loaded", 100_000),
+        ("meter_1000000.parquet", "loaded", 1_000_000),
+    ]
+    total = fetchval(dsn, "SELECT sum(register_kwh) FROM staging.meter_readings")
+    assert total == (Decimal(100_000 * 99_999 // 2) + Decimal(1_000_000 * 999_999 // 2)) / 1000
+    # Ten times the rows, one row group of 1Mi rows instead of 100k: the same memory, give or take
+    # allocator noise (pyarrow and its imports alone take about 63 MB; see the README's limits).
+    assert peaks[1_000_000] - peaks[100_000] <= 15
