@@ -7,14 +7,17 @@ import io
 import zipfile
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import openpyxl
+import pytest
 
 from app.datasets import load_registry
 from app.settings import Settings
 from tests.integration.helpers import drop, ingest
 from tests.integration.test_hostile_input import assert_failed
 from tests.integration.workbooks import ErrorCell, Formula, xlsx
+from tests.memory import run_cli_measured
 from tests.pg import fetch, fetchval
 
 HEADER = ["JobNumber", "ShipmentNumber", "ShipZip", "ShipVia", "IsPartial", "ScheduledShipDate",
@@ -336,3 +339,36 @@ def test_a_part_that_inflates_past_its_declared_size_fails(settings: Settings, d
         error="the workbook is damaged or incomplete (Bad CRC-32 for file 'xl/worksheets/sheet1.xml'). "
         "Open it in Excel, save it again as .xlsx and drop it again",
     )
+
+
+@pytest.mark.slow
+def test_a_100k_row_workbook_loads_in_bounded_memory(dsn: str, workdir: Path) -> None:
+    n = 100_000
+    rows = [
+        [
+            f"J{i:06d}",
+            f"S{i:07d}",
+            f"{i % 99999:05d}",
+            10005,
+            i % 2 == 0,
+            date(2024, 6, 1 + i % 28),
+            i % 50,
+            f"Customer {i}",
+            f"{i} Main Street",
+            "Springfield",
+        ]
+        for i in range(n)
+    ]
+    content = xlsx({"Shipments": [[*HEADER, "ShipAddress1", "ShipCity"], *rows]})
+    drop(workdir / "imports", "shipments_100k.xlsx", content)
+
+    run = run_cli_measured(dsn, workdir, "--ingest", "imports", timeout=600)
+
+    assert run.returncode == 0, run.stderr[-2000:]
+    print(f"100k-row workbook: peak {run.peak_mb:.0f} MB")  # for the record (pytest -s)
+    assert [tuple(r) for r in fetch(dsn, "SELECT status, rows_loaded FROM ingest.files")] == [("loaded", n)]
+    assert fetchval(dsn, "SELECT count(DISTINCT ship_address1) FROM staging.shipments") == n
+    assert fetchval(dsn, "SELECT sum(scheduled_ship_quantity) FROM staging.shipments") == sum(
+        i % 50 for i in range(n)
+    )
+    assert run.peak_mb <= 150
