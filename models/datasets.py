@@ -107,8 +107,9 @@ class DatasetSpec(BaseModel):
     # Delimited text: the field delimiter (None: found from the header line) and the quote.
     delimiter: Literal[",", ";", "\t", "|"] | None = None
     quote: str = '"'
-    # Numbers written the continental way: decimal = ",", thousands = "." (or " ").
-    decimal: Literal[".", ","] = "."
+    # Numbers written the continental way: decimal = ",", thousands = "." (or " "). Undeclared,
+    # a lone decimal comma (`1,5`) is still read as one in a file not separated by commas.
+    decimal: Literal[".", ","] | None = None
     thousands: Literal["", ".", ",", " ", "'"] = ""
     # Workbooks: the sheet to read (None: the first) and the header row (None: the first
     # non-empty row), counted as Excel counts rows, from 1.
@@ -154,11 +155,18 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"dataset {self.name!r} names unknown column {col!r}")
         if not self.patterns:
             raise ValueError(f"dataset {self.name!r} needs at least one file pattern")
-        if self.thousands == self.decimal:
+        if self.thousands == self.decimal_mark:
             raise ValueError(f"dataset {self.name!r}: decimal and thousands separators must differ")
         if self.decimal == "," and self.delimiter == ",":
             raise ValueError(f'dataset {self.name!r}: decimal = "," needs another delimiter (e.g. ";")')
         return self
+
+    @property
+    def decimal_mark(self) -> str:
+        """The declared decimal mark; undeclared, `,` when `.` groups thousands, else `.`."""
+        if self.decimal is not None:
+            return self.decimal
+        return "," if self.thousands == "." else "."
 
     def column(self, name: str) -> ColumnSpec:
         return next(c for c in self.columns if c.column == name)

@@ -29,6 +29,7 @@ from services.ingest.values import (
     Converter,
     date_converter,
     is_fixed_offset,
+    lone_decimal_comma,
     number_converter,
     timestamp_converter,
 )
@@ -96,14 +97,17 @@ def _converter(column: ColumnSpec, zone: str, dataset: DatasetSpec, text_numbers
         return timestamp_converter(zone, column.formats)
     if column.type == "date" and column.formats:
         return date_converter(column.formats)
-    if column.type in ("numeric", "integer") and text_numbers and writes_numbers_its_own_way(dataset):
-        return number_converter(dataset.decimal, dataset.thousands)
+    if column.type in ("numeric", "integer") and text_numbers:
+        if writes_numbers_its_own_way(dataset):
+            return number_converter(dataset.decimal_mark, dataset.thousands)
+        if dataset.decimal is None and dataset.delimiter not in (None, ","):
+            return lone_decimal_comma
     return None
 
 
 def writes_numbers_its_own_way(dataset: DatasetSpec) -> bool:
     """The dataset declares a decimal comma or a thousands separator for its text files."""
-    return dataset.decimal != "." or bool(dataset.thousands)
+    return dataset.decimal_mark != "." or bool(dataset.thousands)
 
 
 class RowPlan:

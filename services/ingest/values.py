@@ -106,3 +106,15 @@ def number_converter(decimal: str, thousands: str) -> Converter:
         return text.translate(strip).replace(decimal, ".")
 
     return convert
+
+
+_LONE_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
+
+
+def lone_decimal_comma(value: str) -> str:
+    """`1,5` as `1.5`: in a file not separated by commas, a number with one comma and nothing
+    else can only be written the continental way (what a spreadsheet in such a locale saves).
+    Anything else goes to PostgreSQL as it is, which decides."""
+    if "," in value and _LONE_DECIMAL_COMMA.fullmatch(value):
+        return value.replace(",", ".")
+    return value

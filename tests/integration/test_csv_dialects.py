@@ -242,3 +242,27 @@ def test_utf16_that_is_not_valid_fails_naming_line_and_position(settings: Settin
         error_class="EncodingError",
         error=f"bytes 0x00d8 at line 2, position 3, are not valid utf-16. {ENCODING_HINT}",
     )
+
+
+def test_a_semicolon_file_with_decimal_commas_loads_with_no_settings(settings: Settings, dsn: str) -> None:
+    content = (
+        "meter_id;reading_at;register_kwh;power_w\n"
+        "M1;2024-01-15T00:00:00Z;15230,071;426\n"
+        "M1;2024-01-15T00:10:00Z;15230.14;-0,5\n"  # a decimal point still reads as one
+        + "".join(f"M2;2024-01-15T{h:02d}:00:00Z;{h},25;1\n" for h in range(20))
+        + "M3;2024-01-15T00:00:00Z;1.234,5;1\n"  # thousands need declaring: rejected
+    )
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_eu.csv", content))
+
+    assert [(o.status, o.rows_loaded, o.rows_rejected) for o in result.outcomes] == [
+        ("loaded_with_rejects", 22, 1)
+    ]
+    rows = fetch(dsn, "SELECT register_kwh, power_w FROM staging.meter_readings ORDER BY _record_no LIMIT 3")
+    assert [tuple(r) for r in rows] == [
+        (Decimal("15230.071"), Decimal("426")),
+        (Decimal("15230.14"), Decimal("-0.5")),
+        (Decimal("0.25"), Decimal("1")),
+    ]
+    rejects = fetch(dsn, "SELECT record_no, column_name, value, reason FROM ingest.rejected_rows")
+    assert [tuple(r) for r in rejects] == [(23, "register_kwh", "1.234,5", "not a number")]
