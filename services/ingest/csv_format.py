@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import asyncpg
 
 from app.errors import EmptyFile, EncodingError
-from app.schema import record_sequence
-from models.datasets import DatasetRegistry, DatasetSpec
+from app.schema import quote_ident, record_sequence, table_name
+from models.datasets import SQL_TYPES, DatasetRegistry, DatasetSpec
+from models.headers import HeaderMap
 from services.ingest.csv_dialect import (
     Dialect,
     bom_encoding,
@@ -21,9 +23,10 @@ from services.ingest.csv_dialect import (
 from services.ingest.csv_load import (
     MAX_LINE_BYTES,
     copy_fast,
+    copy_possible,
     copy_robust,
-    fast_path_possible,
     map_header,
+    numbers_to_convert,
     parse_header,
     read_header,
     read_header_line,
@@ -93,21 +96,20 @@ def _as_read(stream: Stream, dataset: DatasetSpec, label: str) -> DatasetSpec:
 
 
 async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> tuple[LoadStats, Stream]:
-    """Fast path first; on any refusal by PostgreSQL, the robust path from the start.
+    """Fast path first (COPY of the bytes, through a landing table when numbers need converting);
+    on any refusal by PostgreSQL, the robust path from the start.
 
     Returns the statistics and the stream that was read to the end."""
-    schema, dataset = target.schema, target.dataset
+    dataset = target.dataset
     dialect = Dialect.of(dataset)
     header = map_header(read_header(stream, dataset.encoding, target.label, dialect), dataset, target.label)
-    if fast_path_possible(header, target):
-        # Loads of one table take turns so that the table's record sequence restarts at 1.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _TABLE_LOCK_SPACE, f"{schema}.{dataset.table}"
-        )
-        await conn.execute("SELECT setval($1::regclass, 1, false)", record_sequence(schema, dataset))
+    if copy_possible(header, target):
         try:
             async with conn.transaction():
-                rows = await copy_fast(conn, stream, header, target)
+                if numbers_to_convert(header, target):
+                    rows = await copy_landed(conn, stream, header, target)
+                else:
+                    rows = await copy_direct(conn, stream, header, target)
                 if rows == 0:
                     raise EmptyFile("the file has a header but no data rows", hint=NO_ROWS_HINT)
             return LoadStats(rows_loaded=rows, records=rows), stream
@@ -120,3 +122,60 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
         stream = stream.reopen()
         read_header(stream, dataset.encoding, target.label, dialect)
     return await copy_robust(conn, stream, header, target, stream.raw.size), stream
+
+
+async def copy_direct(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
+    """COPY into the staging table; its defaults number the records."""
+    schema, dataset = target.schema, target.dataset
+    # Loads of one table take turns so that the table's record sequence restarts at 1.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _TABLE_LOCK_SPACE, f"{schema}.{dataset.table}"
+    )
+    await conn.execute("SELECT setval($1::regclass, 1, false)", record_sequence(schema, dataset))
+    return await copy_fast(conn, stream, header, target)
+
+
+async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
+    """COPY into a temporary table of text, then one INSERT … SELECT that converts the numbers
+    written the dataset's way (`1.234,56`) in SQL. A value written any other way makes the cast
+    fail, so the file goes to the robust path, which rejects that row naming the column."""
+    columns = [c for _, c in header.mapped()]
+    landing = "lb_landing"
+    await conn.execute(f"DROP TABLE IF EXISTS {landing}")
+    await conn.execute(
+        f"CREATE TEMPORARY TABLE {landing} (_n bigint GENERATED ALWAYS AS IDENTITY, "
+        + ", ".join(f"{quote_ident(c.column)} text" for c in columns)
+        + ") ON COMMIT DROP"
+    )
+    await copy_fast(conn, stream, header, target, into=landing)
+    converting = {c.column for c in numbers_to_convert(header, target)}
+    pattern, strip = _number_style(target.dataset)
+    values = [
+        f"(CASE WHEN {quote_ident(c.column)} ~ $1 THEN replace(translate({quote_ident(c.column)}, $2, ''), "
+        f"$3, '.') ELSE {quote_ident(c.column)} || ' is not in the declared style' END)::{SQL_TYPES[c.type]}"
+        if c.column in converting
+        else f"{quote_ident(c.column)}::{SQL_TYPES[c.type]}"
+        for c in columns
+    ]
+    status = await conn.execute(
+        f"INSERT INTO {table_name(target.schema, target.dataset.table)} "
+        f"(_record_no, {', '.join(quote_ident(c.column) for c in columns)}) "
+        f"SELECT _n, {', '.join(values)} FROM {landing}",
+        pattern,
+        strip,
+        target.dataset.decimal_mark,
+    )
+    await conn.execute(f"DROP TABLE {landing}")
+    return int(status.split()[-1])
+
+
+def _number_style(dataset: DatasetSpec) -> tuple[str, str]:
+    """The dataset's way of writing numbers as a PostgreSQL regular expression, and the
+    characters to remove before the decimal mark becomes a point."""
+    decimal, thousands = dataset.decimal_mark, dataset.thousands
+    groups = "[ \u00a0\u202f]" if thousands == " " else re.escape(thousands)
+    whole = f"(\\d{{1,3}}({groups}\\d{{3}})+|\\d+)" if thousands else "\\d+"
+    mark = re.escape(decimal)
+    pattern = f"^\\s*[+-]?({whole}({mark}\\d*)?|{mark}\\d+)\\s*$"
+    strip = " \u00a0\u202f" if thousands == " " else thousands + " "
+    return pattern, strip

@@ -23,7 +23,7 @@ import asyncpg
 
 from app.db import unless_connection_lost
 from app.errors import MalformedFile, MissingColumns
-from models.datasets import DatasetSpec
+from models.datasets import ColumnSpec, DatasetSpec
 from models.headers import HeaderMap, HeaderProblem, match_header
 from services.ingest import ledger
 from services.ingest.csv_dialect import Dialect
@@ -154,14 +154,26 @@ def map_header(fields: list[str], dataset: DatasetSpec, label: str) -> HeaderMap
 
 def fast_path_possible(header: HeaderMap, target: Target) -> bool:
     """COPY can take the bytes as they are: every field known, no Python conversion needed."""
+    return copy_possible(header, target) and not numbers_to_convert(header, target)
+
+
+def copy_possible(header: HeaderMap, target: Target) -> bool:
+    """COPY can read the file: every field known, and only numbers written the dataset's own way
+    (which SQL can convert) left to convert."""
     mapped = header.mapped()
     return (
         not header.extras
         and codecs.lookup(target.dataset.encoding).name in PG_ENCODINGS
         and not any(c.formats for _, c in mapped)
-        and not (writes_numbers_its_own_way(target.dataset) and any(c.type in _NUMBERS for _, c in mapped))
         and (is_fixed_offset(target.source_timezone) or not any(c.type == "timestamptz" for _, c in mapped))
     )
+
+
+def numbers_to_convert(header: HeaderMap, target: Target) -> list[ColumnSpec]:
+    """The number columns whose values the dataset writes its own way (`1.234,56`)."""
+    if not writes_numbers_its_own_way(target.dataset):
+        return []
+    return [c for _, c in header.mapped() if c.type in _NUMBERS]
 
 
 class QuotesCopyReadsDifferently(asyncpg.DataError):  # type: ignore[misc]
@@ -169,8 +181,11 @@ class QuotesCopyReadsDifferently(asyncpg.DataError):  # type: ignore[misc]
     as a character (`12" pipe`): the file leaves the fast path, like a file COPY refuses."""
 
 
-async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
-    """COPY the rest of the stream (the header is consumed) straight into the staging table."""
+async def copy_fast(
+    conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target, *, into: str | None = None
+) -> int:
+    """COPY the rest of the stream (the header is consumed) straight into the staging table (or
+    into the temporary table `into`)."""
     columns = [c.column for _, c in header.mapped()]
     dialect = Dialect.of(target.dataset)
     pieces = checked_blocks(stream, target.label, dialect)
@@ -180,8 +195,8 @@ async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
             yield data
 
     copy = conn.copy_to_table(
-        target.dataset.table,
-        schema_name=target.schema,
+        into or target.dataset.table,
+        schema_name=None if into else target.schema,
         source=blocks(),
         columns=columns,
         format="csv",

@@ -266,3 +266,48 @@ def test_a_semicolon_file_with_decimal_commas_loads_with_no_settings(settings: S
     ]
     rejects = fetch(dsn, "SELECT record_no, column_name, value, reason FROM ingest.rejected_rows")
     assert [tuple(r) for r in rejects] == [(23, "register_kwh", "1.234,5", "not a number")]
+
+
+def test_declared_continental_numbers_stay_on_the_fast_path(
+    settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.ingest")
+    registry = with_datasets(settings, '[datasets.meter_readings]\ndecimal = ","\nthousands = "."\n')
+    content = (
+        "meter_id;reading_at;register_kwh;power_w\n"
+        "M1;2024-01-15T00:00:00Z;1.234,56;-7\n"
+        "M1;2024-01-15T00:10:00Z;;,5\n"
+        "M1;2024-01-15T00:20:00Z;1.234.567;\n"
+    )
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_fast_de.csv", content), registry=registry)
+
+    assert [(o.status, o.rows_loaded) for o in result.outcomes] == [("loaded", 3)]
+    rows = fetch(dsn, "SELECT _record_no, register_kwh, power_w FROM staging.meter_readings ORDER BY 1")
+    assert [tuple(r) for r in rows] == [
+        (1, Decimal("1234.56"), Decimal("-7")),
+        (2, None, Decimal("0.5")),
+        (3, Decimal("1234567"), None),
+    ]
+    assert "(fast path)" in caplog.text and "row by row" not in caplog.text
+
+
+def test_a_value_not_in_the_declared_style_leaves_the_fast_path_and_is_rejected(
+    settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.ingest")
+    registry = with_datasets(settings, '[datasets.meter_readings]\ndecimal = ","\nthousands = "."\n')
+    good = "".join(f"M1;2024-01-15T{h:02d}:00:00Z;{h}.000,5;1\n" for h in range(20))
+    content = "meter_id;reading_at;register_kwh;power_w\n" + good + "M2;2024-01-16T00:00:00Z;12.5;1\n"
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_odd.csv", content), registry=registry)
+
+    assert [(o.status, o.rows_loaded, o.rows_rejected) for o in result.outcomes] == [
+        ("loaded_with_rejects", 20, 1)
+    ]
+    assert fetchval(dsn, "SELECT sum(register_kwh) FROM staging.meter_readings") == Decimal("190010.0")
+    rejects = fetch(dsn, "SELECT record_no, line_no, column_name, value, reason FROM ingest.rejected_rows")
+    assert [tuple(r) for r in rejects] == [
+        (21, 22, "register_kwh", "12.5", "not a number written as this dataset declares (e.g. 1.234,56)")
+    ]
+    assert "COPY refused the file as it is (InvalidTextRepresentationError)" in caplog.text

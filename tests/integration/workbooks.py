@@ -82,6 +82,24 @@ def sheet_xml(rows: Sequence[Sequence[object]], strings: _Strings) -> str:
     return "".join(out)
 
 
+def _content_types(sheets: int) -> str:
+    main = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+    overrides = [
+        f'<Override PartName="/xl/workbook.xml" ContentType="{main}.sheet.main+xml"/>',
+        f'<Override PartName="/xl/sharedStrings.xml" ContentType="{main}.sharedStrings+xml"/>',
+        f'<Override PartName="/xl/styles.xml" ContentType="{main}.styles+xml"/>',
+        *(
+            f'<Override PartName="/xl/worksheets/sheet{i}.xml" ContentType="{main}.worksheet+xml"/>'
+            for i in range(1, sheets + 1)
+        ),
+    ]
+    return (
+        '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+        '<Default Extension="xml" ContentType="application/xml"/>' + "".join(overrides) + "</Types>"
+    )
+
+
 def xlsx(sheets: dict[str, Sequence[Sequence[object]]]) -> bytes:
     """A workbook with these sheets (rows of cell values; None or "" leaves a cell empty, an
     empty list leaves a row out)."""
@@ -107,8 +125,10 @@ def xlsx(sheets: dict[str, Sequence[Sequence[object]]]) -> bytes:
     sst = "".join(f'<si><t xml:space="preserve">{escape(s)}</t></si>' for s in strings.items)
     parts.update(
         {
-            "[Content_Types].xml": '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
-            'package/2006/content-types"/>',
+            "[Content_Types].xml": _content_types(len(sheets)),
+            "_rels/.rels": '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/'
+            'officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>',
             "xl/workbook.xml": f'<?xml version="1.0"?><workbook {_NS} {_REL_NS}><sheets>{sheet_list}</sheets>'
             "</workbook>",
             "xl/_rels/workbook.xml.rels": '<?xml version="1.0"?><Relationships xmlns="http://schemas.'
