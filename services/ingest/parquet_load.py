@@ -11,10 +11,12 @@ Row numbers (from 1) are the record numbers of the rejects.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 from array import array
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from app.db import unless_connection_lost
 from app.errors import MalformedFile
 from models.datasets import DatasetRegistry, DatasetSpec
 from models.headers import HeaderMap
@@ -46,19 +49,16 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 _MAGIC = b"PAR1"
+_MAX_HELD_REJECTS = 10_000  # rule-breaking rows the one-COPY attempt holds until it commits
 _BUFFER = 1 << 20
 BATCH_ROWS = 8_192  # rows a batch: smaller batches, less memory; below this, COPY overhead shows
 _HINT = "Write the file again (it may be cut off), or give it the extension of what it is"
 
 
 def open_parquet(source: Source) -> pq.ParquetFile:
-    import pyarrow as pa  # imported when a Parquet file comes: it costs 40 MB and 0.3 s
-    import pyarrow.parquet as pq
-
-    # Arrow's own allocator (mimalloc) keeps freed batches for reuse, about 20 MB more at the peak
-    # than the C library's, which Python shares.
-    pa.set_memory_pool(pa.system_memory_pool())
     reader = source.random_access()
     head = reader.read(4)
     reader.seek(-4, io.SEEK_END)
@@ -71,6 +71,13 @@ def open_parquet(source: Source) -> pq.ParquetFile:
             hint=_HINT,
             file_name=source.label,
         )
+    # Imported only for a file that looks like Parquet: pyarrow (with numpy) costs 63 MB.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Arrow's own allocator (mimalloc) keeps freed batches for reuse, about 20 MB more at the peak
+    # than the C library's, which Python shares.
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         return pq.ParquetFile(reader, buffer_size=_BUFFER, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
@@ -90,25 +97,85 @@ class ParquetFormat:
     async def load(
         self, conn: asyncpg.Connection, source: Source, target: Target, registry: DatasetRegistry
     ) -> LoadStats:
+        """One COPY of every batch first (the server types values while the next batch is
+        written); if PostgreSQL refuses a value, that attempt rolls back and the batches go
+        again one COPY each, so that every refused row is found and recorded."""
         parquet = open_parquet(source)
         header = map_header(list(parquet.schema_arrow.names), target.dataset, target.label)
         rows = BatchRows(header, target)
-        copier = RobustCopy(conn, rows.plan, empty_is_null=True)
-        stats = LoadStats(path="parquet")
-        total = parquet.metadata.num_rows
-        async with aclosing(prefetched(rows.chunks(parquet, source.label))) as chunks:
-            async for chunk in chunks:
-                loaded, refused = await copier.copy(chunk)
-                stats.rows_loaded += loaded
-                stats.records += chunk.records
-                rejects = sorted([*chunk.rejects, *refused], key=lambda r: r.record_no or 0)
-                await ledger.write_rejects(conn, target.file_id, rejects)
-                stats.note_rejects(rejects)
-                stop_early_if_hopeless(stats, stats.records, total, target)
+        try:
+            async with conn.transaction():
+                stats = await _copy_whole(conn, rows, parquet, source.label)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            log.info(
+                "%s: COPY refused a value (%s); loading batch by batch", target.label, type(exc).__name__
+            )
+            stats = await _copy_batches(conn, rows, open_parquet(source), source.label)
         if header.extras:
             stats.warnings.extend(extras_warnings(header, stats.rows_loaded))
         check_ratio(stats, target)
         return stats
+
+
+async def _copy_whole(
+    conn: asyncpg.Connection, rows: BatchRows, parquet: pq.ParquetFile, label: str
+) -> LoadStats:
+    target = rows.target
+    stats = LoadStats(path="parquet")
+    rejects: list[Reject] = []
+    batches = rows.chunks(parquet, label)
+
+    async def blocks() -> AsyncIterator[bytes]:
+        while (chunk := await asyncio.to_thread(next, batches, None)) is not None:
+            stats.records += chunk.records
+            stats.rows_loaded += len(chunk.rows)
+            rejects.extend(chunk.rejects)
+            if len(rejects) > _MAX_HELD_REJECTS:
+                raise _TooManyToHold()
+            yield chunk.payload()
+
+    specs = [c.column for c in rows.plan.specs]
+    try:
+        copy = conn.copy_to_table(
+            target.dataset.table,
+            schema_name=target.schema,
+            source=blocks(),
+            columns=rows.plan.columns,
+            format="csv",
+            force_null=specs,
+        )
+        await unless_connection_lost(conn, copy)
+    except _TooManyToHold:
+        raise _RowsRefused() from None
+    await ledger.write_rejects(conn, target.file_id, rejects)
+    stats.note_rejects(rejects)
+    return stats
+
+
+class _TooManyToHold(Exception):
+    """More rows broke the rules than the one-COPY attempt keeps in memory."""
+
+
+class _RowsRefused(asyncpg.DataError):  # type: ignore[misc]
+    """The one-COPY attempt gives way to batch by batch (many bad rows)."""
+
+
+async def _copy_batches(
+    conn: asyncpg.Connection, rows: BatchRows, parquet: pq.ParquetFile, label: str
+) -> LoadStats:
+    copier = RobustCopy(conn, rows.plan, empty_is_null=True)
+    stats = LoadStats(path="parquet, batch by batch")
+    total = parquet.metadata.num_rows
+    async with aclosing(prefetched(rows.chunks(parquet, label))) as chunks:
+        async for chunk in chunks:
+            loaded, refused = await copier.copy(chunk)
+            stats.rows_loaded += loaded
+            stats.records += chunk.records
+            rejects = sorted([*chunk.rejects, *refused], key=lambda r: r.record_no or 0)
+            await ledger.write_rejects(conn, rows.target.file_id, rejects)
+            stats.note_rejects(rejects)
+            stop_early_if_hopeless(stats, stats.records, total, rows.target)
+    return stats
 
 
 class BatchRows:
