@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.migrate_template()
         plan: list[tuple[str, Callable[[], Run]]] = [
             ("psql_copy", lambda: bench.psql_copy(comma, args.rows)),
+            ("psql_copy_staging", lambda: bench.psql_copy(comma, args.rows, into_staging=True)),
             ("loadbay_startup", bench.loadbay_startup),
             ("loadbay_comma", lambda: bench.loadbay_ingest(comma, args.rows, 0, "loadbay_comma")),
             ("loadbay_semicolon", lambda: bench.loadbay_ingest(semicolon, args.rows, 0, "loadbay_semicolon")),
@@ -240,6 +241,11 @@ def render(results: dict[str, list[Run]], args: argparse.Namespace, elapsed: flo
             f"{target} | {'met' if ok else 'NOT met'} |"
         )
 
+    staging = m["psql_copy_staging"].seconds
+    lines.append(
+        f"| psql \\copy of the comma file into the staging table itself (for information) | {staging:.2f} | "
+        f"{staging / psql:.2f}× | {staging / psql:.2f}× | {m['psql_copy_staging'].peak_rss_mb:.0f} | | |"
+    )
     row("loadbay_comma", "loadbay, the comma file (for comparison)", 1.2)
     row("loadbay_semicolon", "loadbay, `;` file", 1.3)
     row("loadbay_decimal_comma", "loadbay, `;` file with decimal commas declared", 3)
@@ -251,8 +257,8 @@ def render(results: dict[str, list[Run]], args: argparse.Namespace, elapsed: flo
         "| workbook, 100,000 shipments | seconds | peak MB | target | verdict |",
         "|---|---:|---:|---|---|",
         f"| pandas read_excel + to_sql | {pandas:.2f} | {m['pandas_excel'].peak_rss_mb:.0f} | | |",
-        f"| loadbay --ingest (whole process) | {xlsx.seconds:.2f} | {xlsx.peak_rss_mb:.0f} | faster, ≤ 150 MB | "
-        f"{'met' if ok else 'NOT met'} |",
+        f"| loadbay --ingest (whole process) | {xlsx.seconds:.2f} | {xlsx.peak_rss_mb:.0f} | "
+        f"faster, ≤ 150 MB | {'met' if ok else 'NOT met'} |",
         "",
         "Details: " + json.dumps({k: v.detail for k, v in m.items()}, default=str),
     ]

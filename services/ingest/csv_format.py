@@ -150,14 +150,20 @@ async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMa
     await copy_fast(conn, stream, header, target, into=landing)
     converting = {c.column for c in numbers_to_convert(header, target)}
     pattern, strip = _number_style(target.dataset)
+    params = [target.dataset.decimal_mark]  # $1
+    stripped = "{}"
+    if strip:
+        params.append(strip)
+        stripped = f"translate({{}}, ${len(params)}, '')"
     # Without thousands, a value is in style unless it holds a point (LIKE costs far less than a
     # regular expression; numeric's own input then checks the rest, as on the robust path).
-    test, params = ("NOT LIKE '%.%'", [strip, target.dataset.decimal_mark])
+    test = "NOT LIKE '%.%'"
     if target.dataset.thousands:
-        test, params = ("~ $3", [*params, pattern])
+        params.append(pattern)
+        test = f"~ ${len(params)}"
     values = [
-        f"(CASE WHEN {quote_ident(c.column)} {test} THEN replace(translate({quote_ident(c.column)}, $1, ''), "
-        f"$2, '.') ELSE {quote_ident(c.column)} || ' is not in the declared style' END)::{SQL_TYPES[c.type]}"
+        f"(CASE WHEN {quote_ident(c.column)} {test} THEN replace({stripped.format(quote_ident(c.column))}, "
+        f"$1, '.') ELSE {quote_ident(c.column)} || ' is not in the declared style' END)::{SQL_TYPES[c.type]}"
         if c.column in converting
         else f"{quote_ident(c.column)}::{SQL_TYPES[c.type]}"
         for c in columns

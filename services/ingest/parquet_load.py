@@ -11,8 +11,8 @@ Row numbers (from 1) are the record numbers of the rejects.
 
 from __future__ import annotations
 
-import asyncio
 import io
+import itertools
 import json
 import logging
 from array import array
@@ -123,16 +123,17 @@ async def _copy_whole(
     target = rows.target
     stats = LoadStats(path="parquet")
     rejects: list[Reject] = []
-    batches = rows.chunks(parquet, label)
 
     async def blocks() -> AsyncIterator[bytes]:
-        while (chunk := await asyncio.to_thread(next, batches, None)) is not None:
-            stats.records += chunk.records
-            stats.rows_loaded += len(chunk.rows)
-            rejects.extend(chunk.rejects)
-            if len(rejects) > _MAX_HELD_REJECTS:
-                raise _TooManyToHold()
-            yield chunk.payload()
+        # The next batch is written in a thread while this one goes to the server.
+        async with aclosing(prefetched(rows.chunks(parquet, label))) as chunks:
+            async for chunk in chunks:
+                stats.records += chunk.records
+                stats.rows_loaded += len(chunk.rows)
+                rejects.extend(chunk.rejects)
+                if len(rejects) > _MAX_HELD_REJECTS:
+                    raise _TooManyToHold()
+                yield chunk.payload()
 
     specs = [c.column for c in rows.plan.specs]
     try:
@@ -266,7 +267,10 @@ class BatchRows:
         """Some row lacks a required value, or has none of an "at least one of" group."""
 
         def empty(column: pa.Array) -> list[bool] | None:
-            """Per row, whether the value is missing; None when none is."""
+            """Per row, whether the value is missing; None when none is (told from the
+            buffers where possible: a Python object per value costs more than the COPY)."""
+            if _is_text(column) and not column.null_count and _no_blank_text(column):
+                return None
             if not _is_text(column) and not column.null_count:
                 return None
             values = column.to_pylist()
@@ -358,6 +362,21 @@ class _Lines:
 
     def __getitem__(self, index: int) -> bytes:
         return self._block[self.offset(index) : self.offset(index + 1)]
+
+
+def _no_blank_text(column: pa.Array) -> bool:
+    """True when no value of a string array without nulls is empty or only spaces, read from its
+    buffers: no empty value (two equal offsets), and no space anywhere, or else a closer look."""
+    import pyarrow as pa
+
+    width = "q" if pa.types.is_large_string(column.type) else "i"
+    _, offsets, data = column.buffers()
+    ends = array(width, offsets.to_pybytes()[column.offset * len(array(width, [0]).tobytes()) :])[
+        : len(column) + 1
+    ]
+    if any(a == b for a, b in itertools.pairwise(ends)):
+        return False
+    return data is None or b" " not in data.to_pybytes()[ends[0] : ends[-1]]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -276,3 +276,17 @@ def test_memory_is_bounded_by_the_batch_not_the_file(dsn: str, workdir: Path) ->
     # Ten times the rows, one row group of 1Mi rows instead of 100k: the same memory, give or take
     # allocator noise (pyarrow and its imports alone take about 63 MB; see the README's limits).
     assert peaks[1_000_000] - peaks[100_000] <= 15
+
+
+def test_an_empty_required_string_is_rejected(settings: Settings, dsn: str) -> None:
+    shipments = [f"S{i}" for i in range(30)]
+    shipments[7] = ""  # no space anywhere in the column: told from the offsets alone
+    table = pa.table({"JobNumber": [f"J{i}" for i in range(30)], "ShipmentNumber": shipments})
+
+    result = ingest(settings, drop(settings.imports_dir, "shipments_gap.parquet", parquet_bytes(table)))
+
+    assert [(o.status, o.rows_loaded, o.rows_rejected) for o in result.outcomes] == [
+        ("loaded_with_rejects", 29, 1)
+    ]
+    rejects = fetch(dsn, "SELECT record_no, column_name, value, reason FROM ingest.rejected_rows")
+    assert [tuple(r) for r in rejects] == [(8, "shipment_number", None, "a required value is missing")]
