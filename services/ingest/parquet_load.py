@@ -18,9 +18,10 @@ import logging
 from array import array
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -102,7 +103,11 @@ class ParquetFormat:
         again one COPY each, so that every refused row is found and recorded."""
         parquet = open_parquet(source)
         header = map_header(list(parquet.schema_arrow.names), target.dataset, target.label)
-        rows = BatchRows(header, target)
+        rows = BatchRows(header, target, in_utc=_timestamps_typed(parquet, header))
+        if rows.in_utc:
+            # Timestamps go as UTC wall-clock text, which Arrow writes 20 times faster than text
+            # with an offset; the session reads them in UTC for this load only.
+            await conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
         try:
             async with conn.transaction():
                 stats = await _copy_whole(conn, rows, parquet, source.label)
@@ -111,6 +116,8 @@ class ParquetFormat:
                 "%s: COPY refused a value (%s); loading batch by batch", target.label, type(exc).__name__
             )
             stats = await _copy_batches(conn, rows, open_parquet(source), source.label)
+        if rows.in_utc:  # (a load that fails rolls back, and the setting with it)
+            await conn.execute("SELECT set_config('TimeZone', $1, true)", target.source_timezone)
         if header.extras:
             stats.warnings.extend(extras_warnings(header, stats.rows_loaded))
         check_ratio(stats, target)
@@ -182,8 +189,11 @@ async def _copy_batches(
 class BatchRows:
     """Record batches → chunks of COPY lines (or of rows built in Python, where needed)."""
 
-    def __init__(self, header: HeaderMap, target: Target) -> None:
+    def __init__(self, header: HeaderMap, target: Target, *, in_utc: bool = False) -> None:
+        """`in_utc`: every timestamp goes to the server as UTC wall-clock time (the session
+        reads them in UTC), naive ones first placed in SOURCE_TIMEZONE."""
         mapped = header.mapped()
+        self.in_utc = in_utc
         self.header = header
         self.target = target
         self.plan = RowPlan([c for _, c in mapped], target)
@@ -191,6 +201,9 @@ class BatchRows:
         self.extras = list(zip(header.extras, extra_names(header), strict=True))
         self.zone = target.source_timezone
         self.dataset = target.dataset.name
+        # Rows built in Python: a naive time is placed in a zone without daylight saving here;
+        # in one with it, the row plan's converter does it (and rejects a time that never was).
+        self._naive_zone = ZoneInfo(self.zone) if in_utc and is_fixed_offset(self.zone) else None
 
     def chunks(self, parquet: pq.ParquetFile, label: str) -> Iterator[Chunk]:
         import pyarrow as pa
@@ -223,7 +236,16 @@ class BatchRows:
         ):
             return self._rows_in_python(batch, first)
         for k, column in enumerate(columns):
-            if (
+            if self.in_utc and pa.types.is_timestamp(column.type):
+                if column.type.tz is None and not _is_utc(self.zone):
+                    import pyarrow.compute as pc
+
+                    try:
+                        column = pc.assume_timezone(column, self.zone, ambiguous="raise", nonexistent="raise")
+                    except pa.ArrowInvalid:
+                        return self._rows_in_python(batch, first)  # the rows name the local times
+                columns[k] = column.view(pa.timestamp(column.type.unit))  # the same instants, in UTC
+            elif (
                 pa.types.is_timestamp(column.type)
                 and column.type.tz is None
                 and not is_fixed_offset(self.zone)
@@ -304,7 +326,7 @@ class BatchRows:
             record_no = first + offset
             chunk.records += 1
             cells = [record[names[i]] for i in range(len(names))]
-            values = [_text(cells[i]) for i in self.indexes]
+            values = [_text(cells[i], self._naive_zone) for i in self.indexes]
             extra = (
                 json.dumps({name: _text(cells[i]) for i, name in self.extras}, ensure_ascii=False)
                 if self.extras
@@ -364,6 +386,20 @@ class _Lines:
         return self._block[self.offset(index) : self.offset(index + 1)]
 
 
+def _timestamps_typed(parquet: pq.ParquetFile, header: HeaderMap) -> bool:
+    """Every timestamptz column the file feeds comes from a Parquet timestamp (none from text,
+    which must be read in SOURCE_TIMEZONE), and there is at least one."""
+    import pyarrow as pa
+
+    schema = parquet.schema_arrow
+    feeding = [schema.field(i).type for i, c in header.mapped() if c.type == "timestamptz"]
+    return bool(feeding) and all(pa.types.is_timestamp(t) for t in feeding)
+
+
+def _is_utc(zone: str) -> bool:
+    return is_fixed_offset(zone) and datetime(2000, 1, 1, tzinfo=ZoneInfo(zone)).utcoffset() == timedelta(0)
+
+
 def _no_blank_text(column: pa.Array) -> bool:
     """True when no value of a string array without nulls is empty or only spaces, read from its
     buffers: no empty value (two equal offsets), and no space anywhere, or else a closer look."""
@@ -406,14 +442,17 @@ def _writable(kind: pa.DataType) -> bool:
     )
 
 
-def _text(value: Any) -> str | None:
-    """A Parquet value as PostgreSQL reads it; an empty string is NULL, as in every format."""
+def _text(value: Any, naive_zone: ZoneInfo | None = None) -> str | None:
+    """A Parquet value as PostgreSQL reads it; an empty string is NULL, as in every format. A
+    naive time is placed in `naive_zone` when one is given."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, datetime) and value.tzinfo is None and naive_zone is not None:
+        return value.replace(tzinfo=naive_zone).isoformat()
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, float) and value.is_integer():

@@ -290,3 +290,35 @@ def test_an_empty_required_string_is_rejected(settings: Settings, dsn: str) -> N
     ]
     rejects = fetch(dsn, "SELECT record_no, column_name, value, reason FROM ingest.rejected_rows")
     assert [tuple(r) for r in rejects] == [(8, "shipment_number", None, "a required value is missing")]
+
+
+def test_timestamps_in_a_fixed_offset_source_zone(settings: Settings, dsn: str) -> None:
+    settings.source_timezone = "Etc/GMT-2"  # UTC+2 all year
+    stamps = [datetime(2024, 1, 15, 2, m) for m in range(11)]
+    table = pa.table(
+        {
+            "meter_id": ["M1"] * 11 + ["M2"],
+            "reading_at": pa.array([*stamps, None], pa.timestamp("ms")),
+            "power_w": list(range(12)),
+        }
+    )
+    aware = pa.table(
+        {
+            "meter_id": ["M3"],
+            "reading_at": pa.array(
+                [datetime(2024, 1, 15, 1, 0, tzinfo=BERLIN)], pa.timestamp("us", "Europe/Berlin")
+            ),
+            "power_w": [3],
+        }
+    )
+
+    ingest(settings, drop(settings.imports_dir, "meter_naive.parquet", parquet_bytes(table)))
+    ingest(settings, drop(settings.imports_dir, "meter_aware.parquet", parquet_bytes(aware)))
+
+    rows = fetch(dsn, "SELECT meter_id, min(reading_at) FROM staging.meter_readings GROUP BY 1 ORDER BY 1")
+    assert [tuple(r) for r in rows] == [
+        ("M1", datetime(2024, 1, 15, 0, 0, tzinfo=UTC)),
+        ("M3", datetime(2024, 1, 15, 0, 0, tzinfo=UTC)),
+    ]
+    rejects = fetch(dsn, "SELECT record_no, column_name, reason FROM ingest.rejected_rows")
+    assert [tuple(r) for r in rejects] == [(12, "reading_at", "a required value is missing")]
