@@ -70,7 +70,7 @@ class UnknownDataset(FileRejected):
 
 
 class UnsupportedFormat(FileRejected):
-    """The file's extension is not .csv, .json, .ndjson or .jsonl (optionally .gz)."""
+    """The file's extension is not one a format in services/ingest/formats.py reads."""
 
 
 class EmptyFile(FileRejected):

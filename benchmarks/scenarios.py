@@ -211,7 +211,14 @@ class Scenarios:
             self.server.drop_database(name)
 
     def loadbay_ingest(
-        self, csv_path: Path, rows: int, bad_rows: int, scenario: str, *, warm: bool = False
+        self,
+        csv_path: Path,
+        rows: int,
+        bad_rows: int,
+        scenario: str,
+        *,
+        warm: bool = False,
+        datasets_toml: str | None = None,
     ) -> Run:
         """Cold: `main.py --ingest FILE`, timed from process start to exit (start-up, hash, ledger,
         typed rows, commit, move, exit). Warm: `benchmarks/loadbay_inprocess.py FILE`, the same
@@ -219,6 +226,8 @@ class Scenarios:
         runs it."""
         name, dsn = self._database("bench_lb")
         run_dir = _fresh_dir(self.work / "runs" / scenario)
+        if datasets_toml is not None:  # e.g. the decimal comma a dataset declares
+            (run_dir / "datasets.toml").write_text(datasets_toml, encoding="utf-8")
         drop = run_dir / "imports" / csv_path.name
         os.link(csv_path, drop)  # the loader moves the file; the generated one stays
         command: list[str | Path] = (

@@ -5,6 +5,7 @@ The four built-ins live here as data; users add or adjust datasets in `datasets.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import re
 from typing import Literal
@@ -38,6 +39,11 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 def normalise_header(name: str) -> str:
     """Header matching ignores case, spaces and underscores: `Ship Address 1` = `ship_address1`."""
     return re.sub(r"[\s_]+", "", name.strip().lstrip("\ufeff")).lower()
+
+
+def is_ascii_compatible(encoding: str) -> bool:
+    """ASCII text is the same bytes in this encoding (lines split on b"\\n" before decoding)."""
+    return "a,1\n".encode(encoding) == b"a,1\n"
 
 
 def _check_identifier(value: str) -> str:
@@ -98,6 +104,17 @@ class DatasetSpec(BaseModel):
     # Each group needs at least one non-empty value per row (e.g. register_kwh or power_w).
     require_any: tuple[tuple[str, ...], ...] = ()
     encoding: str = "utf-8"
+    # Delimited text: the field delimiter (None: found from the header line) and the quote.
+    delimiter: Literal[",", ";", "\t", "|"] | None = None
+    quote: str = '"'
+    # Numbers written the continental way: decimal = ",", thousands = "." (or " "). Undeclared,
+    # a lone decimal comma (`1,5`) is still read as one in a file not separated by commas.
+    decimal: Literal[".", ","] | None = None
+    thousands: Literal["", ".", ",", " ", "'"] = ""
+    # Workbooks: the sheet to read (None: the first) and the header row (None: the first
+    # non-empty row), counted as Excel counts rows, from 1.
+    sheet: str | None = None
+    header_row: int | None = Field(None, ge=1)
     max_reject_ratio: float | None = Field(None, ge=0, le=1)
     children: tuple[ChildSpec, ...] = ()
 
@@ -108,14 +125,21 @@ class DatasetSpec(BaseModel):
 
     @field_validator("encoding")
     @classmethod
-    def _ascii_compatible(cls, value: str) -> str:
-        # Lines are split on b"\n" before decoding, so the encoding must keep ASCII as is.
+    def _known_encoding(cls, value: str) -> str:
+        # One that is not ASCII-compatible (utf-16, utf-32) is transcoded to UTF-8 as it is read.
         try:
-            ok = "a,1\n".encode(value) == b"a,1\n"
+            name = codecs.lookup(value).name
         except LookupError:
             raise ValueError(f"unknown encoding {value!r}") from None
-        if not ok:
+        if not is_ascii_compatible(value) and not name.startswith(("utf-16", "utf-32")):
             raise ValueError(f"encoding {value!r} is not ASCII-compatible (use utf-8, latin-1, cp1252…)")
+        return value
+
+    @field_validator("quote")
+    @classmethod
+    def _one_quote_character(cls, value: str) -> str:
+        if len(value) != 1 or value in ",;\t|\r\n":
+            raise ValueError(f"quote must be one character other than a delimiter or line end, not {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -131,7 +155,18 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"dataset {self.name!r} names unknown column {col!r}")
         if not self.patterns:
             raise ValueError(f"dataset {self.name!r} needs at least one file pattern")
+        if self.thousands == self.decimal_mark:
+            raise ValueError(f"dataset {self.name!r}: decimal and thousands separators must differ")
+        if self.decimal == "," and self.delimiter == ",":
+            raise ValueError(f'dataset {self.name!r}: decimal = "," needs another delimiter (e.g. ";")')
         return self
+
+    @property
+    def decimal_mark(self) -> str:
+        """The declared decimal mark; undeclared, `,` when `.` groups thousands, else `.`."""
+        if self.decimal is not None:
+            return self.decimal
+        return "," if self.thousands == "." else "."
 
     def column(self, name: str) -> ColumnSpec:
         """The column declaration named `name`."""

@@ -23,9 +23,10 @@ import asyncpg
 
 from app.db import unless_connection_lost
 from app.errors import MalformedFile, MissingColumns
-from models.datasets import DatasetSpec
+from models.datasets import ColumnSpec, DatasetSpec
 from models.headers import HeaderMap, HeaderProblem, match_header
 from services.ingest import ledger
+from services.ingest.csv_dialect import Dialect
 from services.ingest.rows import (
     CHUNK_ROWS,
     Chunk,
@@ -38,6 +39,7 @@ from services.ingest.rows import (
     check_ratio,
     prefetched,
     stop_early_if_hopeless,
+    writes_numbers_its_own_way,
 )
 from services.ingest.source import READ_SIZE, Stream, decode_line, line_too_long
 from services.ingest.values import is_fixed_offset
@@ -45,6 +47,8 @@ from services.ingest.values import is_fixed_offset
 MAX_LINE_BYTES = 1 << 20
 _ONE_RECORD_A_LINE = "Check that the file is a CSV file with one record a line"
 MAX_RECORD_LINES = 10_000
+COMMA = Dialect()
+_NUMBERS = ("numeric", "integer")
 csv.field_size_limit(MAX_LINE_BYTES)
 
 # Python codec name → PostgreSQL encoding name, for the encodings COPY can read directly.
@@ -58,7 +62,12 @@ PG_ENCODINGS = {
 }
 
 
-def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
+def read_header(stream: Stream, encoding: str, label: str, dialect: Dialect = COMMA) -> list[str]:
+    return parse_header(read_header_line(stream, encoding, label), dialect, label)
+
+
+def read_header_line(stream: Stream, encoding: str, label: str) -> str:
+    """The first line, decoded and checked to be text (not yet split into fields)."""
     if _ends_lines_with_cr(stream.peek(MAX_LINE_BYTES + 1)):
         stream.read_cr_as_lf()
     raw = stream.readline(MAX_LINE_BYTES + 1)
@@ -77,12 +86,16 @@ def read_header(stream: Stream, encoding: str, label: str) -> list[str]:
             file_name=label,
             line_no=1,
         )
-    if scan_quotes(text, inside=False)[0]:
+    return text
+
+
+def parse_header(text: str, dialect: Dialect, label: str) -> list[str]:
+    if scan_quotes(text, False, dialect)[0]:
         raise MalformedFile(
             "the header line has an unterminated quote", hint="Fix the header", file_name=label, line_no=1
         )
     try:
-        return next(csv.reader([text]), [])
+        return next(csv.reader([text], delimiter=dialect.delimiter, quotechar=dialect.quote), [])
     except csv.Error as exc:
         raise MalformedFile(f"line 1: {exc}", hint="Fix the header", file_name=label, line_no=1) from None
 
@@ -93,7 +106,7 @@ def _ends_lines_with_cr(head: bytes) -> bool:
     return cr >= 0 and (lf < 0 or cr < lf) and head[cr + 1 : cr + 2] != b"\n"
 
 
-def scan_quotes(text: AnyStr, inside: bool) -> tuple[bool, bool]:
+def scan_quotes(text: AnyStr, inside: bool, dialect: Dialect = COMMA) -> tuple[bool, bool]:
     """Walk the quotes of whole lines as the csv module (and a spreadsheet) reads them: a quote
     opens a quoted field only at a field's start; elsewhere it is a character of the value.
 
@@ -101,8 +114,9 @@ def scan_quotes(text: AnyStr, inside: bool) -> tuple[bool, bool]:
     still open at its end (the record goes on to the next line), and whether PostgreSQL's CSV
     COPY, which toggles quoting at any quote, reads every quote the same way.
     """
-    quote = text[:0] + ('"' if isinstance(text, str) else b'"')
-    ends = text[:0] + (",\r\n" if isinstance(text, str) else b",\r\n")
+    quote_char, ends_text = dialect.quote, dialect.delimiter + "\r\n"
+    quote = text[:0] + (quote_char if isinstance(text, str) else quote_char.encode())
+    ends = text[:0] + (ends_text if isinstance(text, str) else ends_text.encode())
     same, i = True, 0
     while True:
         j = text.find(quote, i)
@@ -140,6 +154,12 @@ def map_header(fields: list[str], dataset: DatasetSpec, label: str) -> HeaderMap
 
 def fast_path_possible(header: HeaderMap, target: Target) -> bool:
     """COPY can take the bytes as they are: every field known, no Python conversion needed."""
+    return copy_possible(header, target) and not numbers_to_convert(header, target)
+
+
+def copy_possible(header: HeaderMap, target: Target) -> bool:
+    """COPY can read the file: every field known, and only numbers written the dataset's own way
+    (which SQL can convert) left to convert."""
     mapped = header.mapped()
     return (
         not header.extras
@@ -149,40 +169,54 @@ def fast_path_possible(header: HeaderMap, target: Target) -> bool:
     )
 
 
+def numbers_to_convert(header: HeaderMap, target: Target) -> list[ColumnSpec]:
+    """The number columns whose values the dataset writes its own way (`1.234,56`)."""
+    if not writes_numbers_its_own_way(target.dataset):
+        return []
+    return [c for _, c in header.mapped() if c.type in _NUMBERS]
+
+
 class QuotesCopyReadsDifferently(asyncpg.DataError):  # type: ignore[misc]
     """The file has a quote that PostgreSQL's CSV COPY would read as quoting and a spreadsheet
     as a character (`12" pipe`): the file leaves the fast path, like a file COPY refuses."""
 
 
-async def copy_fast(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
-    """COPY the rest of the stream (the header is consumed) straight into the staging table."""
+async def copy_fast(
+    conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target, *, into: str | None = None
+) -> int:
+    """COPY the rest of the stream (the header is consumed) straight into the staging table (or
+    into the temporary table `into`)."""
     columns = [c.column for _, c in header.mapped()]
-    pieces = checked_blocks(stream, target.label)
+    dialect = Dialect.of(target.dataset)
+    pieces = checked_blocks(stream, target.label, dialect)
 
     async def blocks() -> AsyncIterator[bytes]:
         while data := await asyncio.to_thread(next, pieces, b""):
             yield data
 
     copy = conn.copy_to_table(
-        target.dataset.table,
-        schema_name=target.schema,
+        into or target.dataset.table,
+        schema_name=None if into else target.schema,
         source=blocks(),
         columns=columns,
         format="csv",
         header=False,
         encoding=PG_ENCODINGS[codecs.lookup(target.dataset.encoding).name],
         force_null=columns,
+        delimiter=dialect.delimiter,
+        quote=dialect.quote,
     )
     status = await unless_connection_lost(conn, copy)
     return int(status.split()[-1])
 
 
-def checked_blocks(stream: Stream, label: str) -> Iterator[bytes]:
+def checked_blocks(stream: Stream, label: str, dialect: Dialect = COMMA) -> Iterator[bytes]:
     """The stream's blocks as they are, checked on the way as cheaply as bytes allow: no line
     longer than MAX_LINE_BYTES reaches the server, and no quote that COPY would read otherwise
     than the csv module (`QuotesCopyReadsDifferently`)."""
     offset, since_newline = 0, 0  # bytes after the header read so far; bytes of the line open
     inside, partial = False, b""  # at the last newline: a quoted field open?; the bytes after it
+    quote = dialect.quote.encode()
     while data := stream.read(READ_SIZE):
         first, last = data.find(b"\n"), data.rfind(b"\n")
         # Lines after the first end inside `data` (at most READ_SIZE = MAX_LINE_BYTES bytes).
@@ -191,11 +225,11 @@ def checked_blocks(stream: Stream, label: str) -> Iterator[bytes]:
             raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
         since_newline = since_newline + len(data) if first < 0 else len(data) - last - 1
         offset += len(data)
-        if b'"' in data or b'"' in partial:
+        if quote in data or quote in partial:
             # Scanned from the start of the line the block began in, up to its last newline.
             text = partial + data[: last + 1]
             if last >= 0:
-                inside = _same_as_copy(text, inside)
+                inside = _same_as_copy(text, inside, dialect)
                 partial = data[last + 1 :]
             else:
                 partial = text
@@ -204,14 +238,14 @@ def checked_blocks(stream: Stream, label: str) -> Iterator[bytes]:
         else:
             partial += data
         yield data
-    if b'"' in partial:
-        _same_as_copy(partial, inside)
+    if quote in partial:
+        _same_as_copy(partial, inside, dialect)
 
 
 def _line_number(stream: Stream, offset: int, label: str) -> int:
     """The number of the line that starts `offset` bytes after the header (only for a message:
     counting lines on the way would slow down every clean file)."""
-    read_header(stream, "latin-1", label)
+    read_header_line(stream, "latin-1", label)
     line_no = 2
     while offset > 0 and (data := stream.read(min(READ_SIZE, offset))):
         line_no += data.count(b"\n")
@@ -219,8 +253,8 @@ def _line_number(stream: Stream, offset: int, label: str) -> int:
     return line_no
 
 
-def _same_as_copy(text: bytes, inside: bool) -> bool:
-    still_open, same = scan_quotes(text, inside)
+def _same_as_copy(text: bytes, inside: bool, dialect: Dialect) -> bool:
+    still_open, same = scan_quotes(text, inside, dialect)
     if not same:
         raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
     return still_open
@@ -239,6 +273,7 @@ class RecordReader:
     ) -> None:
         self._stream = stream
         self._encoding = dataset.encoding
+        self._dialect = Dialect.of(dataset)
         self._label = label
         self.line_no = 1  # the header
         self.start_line = 0
@@ -277,8 +312,8 @@ class RecordReader:
                     yield "\n"
                     continue
                 pending.append(item)
-                if '"' in text:
-                    inside = scan_quotes(text, inside)[0]
+                if self._dialect.quote in text:
+                    inside = scan_quotes(text, inside, self._dialect)[0]
                 if not inside:
                     self.start_line, self.end_line = pending[0][0], item[0]
                     self.unterminated = False
@@ -296,7 +331,7 @@ class RecordReader:
 
     def records(self) -> Iterator[list[str]]:
         """Non-blank records; `start_line`, `end_line` and `unterminated` describe the last one."""
-        reader = csv.reader(self._texts())
+        reader = csv.reader(self._texts(), delimiter=self._dialect.delimiter, quotechar=self._dialect.quote)
         while True:
             try:
                 record = next(reader)
@@ -352,14 +387,16 @@ class CsvRows:
         mapped = header.mapped()
         self.width = len(header.fields)
         self.indexes = [i for i, _ in mapped]
-        self.plan = RowPlan([c for _, c in mapped], target)
+        self.plan = RowPlan([c for _, c in mapped], target, text_numbers=True)
         self.extras = list(zip(header.extras, extra_names(header), strict=True))
         self.required = [(i, c.column) for i, c in mapped if c.required]
         self.any_groups = [
             [i for i, c in mapped if c.column in group] for group in target.dataset.require_any
         ]
+        # The byte-level lane splits lines on commas and sends them on as they are.
         self.pass_through = (
-            codecs.lookup(target.dataset.encoding).name == "utf-8"
+            Dialect.of(target.dataset).is_default
+            and codecs.lookup(target.dataset.encoding).name == "utf-8"
             and not self.extras
             and not any(self.plan.converters)
         )
@@ -482,7 +519,8 @@ class CsvRows:
             return Reject(record_no, line_no, None, None, "a quote opened here is never closed", dataset)
         if len(record) != self.width:
             fields = f"has {len(record)} fields; the header has {self.width}"
-            return Reject(record_no, line_no, None, ",".join(record)[:1000], fields, dataset)
+            shown = Dialect.of(self.plan.target.dataset).delimiter.join(record)[:1000]
+            return Reject(record_no, line_no, None, shown, fields, dataset)
         if "\x00" in "".join(record):
             return Reject(record_no, line_no, None, None, "contains a NUL byte (binary data?)", dataset)
         values: list[str | None] = [record[i] or None for i in self.indexes]

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.errors import FileStillOpen, FolderProblem, UnsupportedFormat
+from app.errors import FileStillOpen, FolderProblem
 
 TEMPORARY_PATTERNS = ("*.part", "*.filepart", "*.tmp", "*.crdownload", "~$*")
-FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 HASH_CHUNK = 1 << 20
 
 
@@ -39,23 +38,10 @@ def is_regular_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class FileFormat:
-    kind: str  # csv, json or ndjson
+    """A file's format (a `Format.kind` of services/ingest/formats.py) and whether it is gzipped."""
+
+    kind: str
     gzip: bool
-
-
-def file_format(name: str) -> FileFormat:
-    lowered = name.lower()
-    compressed = lowered.endswith(".gz")
-    base = lowered[:-3] if compressed else lowered
-    suffix = os.path.splitext(base)[1]
-    if suffix not in FORMATS:
-        shown = suffix or "(no extension)"
-        raise UnsupportedFormat(
-            f"{shown} files are not read by loadbay",
-            hint="Drop .csv, .json, .ndjson or .jsonl files, optionally gzipped (.gz)",
-            file_name=name,
-        )
-    return FileFormat(FORMATS[suffix], compressed)
 
 
 @dataclass(frozen=True)

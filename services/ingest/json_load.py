@@ -15,6 +15,7 @@ every record that reaches `flatten`, `plain` or `json_text` nests at most that d
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import asyncpg
 import ijson
 
 from app.errors import MalformedFile
-from models.datasets import ChildSpec, DatasetRegistry, normalise_header
+from models.datasets import ChildSpec, DatasetRegistry, DatasetSpec, normalise_header
 from services.ingest import ledger
 from services.ingest.files import FileFormat
 from services.ingest.json_nesting import MAX_JSON_DEPTH, NestingCounter, first_offset_too_deep
@@ -44,7 +45,7 @@ from services.ingest.rows import (
     raw_text,
     stop_early_if_hopeless,
 )
-from services.ingest.source import Stream, decode_line, numbered_lines
+from services.ingest.source import Source, Stream, decode_line, numbered_lines
 
 WRAPPER_KEYS = ("data", "records", "items", "results")
 MAX_NDJSON_LINE = 16 << 20
@@ -427,6 +428,28 @@ def _warn_unknown(stats: LoadStats, rows: JsonRows) -> None:
             stats.warnings.append(
                 {"dataset": child.plan.target.dataset.name, "unknown_fields": dict(child.unknown)}
             )
+
+
+class JsonFormat:
+    """`.json` (an array, a wrapped array or one object) or NDJSON, optionally gzipped."""
+
+    compressible = True
+
+    def __init__(self, kind: str, extensions: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.extensions = extensions
+
+    def field_names(self, source: Source, dataset: DatasetSpec | None) -> list[str]:
+        return first_record_keys(source.stream(), source.fmt, source.label)
+
+    async def load(
+        self, conn: asyncpg.Connection, source: Source, target: Target, registry: DatasetRegistry
+    ) -> LoadStats:
+        stream = source.stream()
+        stats = await copy_json(conn, stream, source.fmt, target, registry)
+        # The bytes loaded must be the bytes hashed: a file still being written is taken again later.
+        await asyncio.to_thread(stream.verify, source.sha256)
+        return stats
 
 
 def first_record_keys(stream: Stream, fmt: FileFormat, label: str) -> list[str]:

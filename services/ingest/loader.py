@@ -27,7 +27,6 @@ from app.errors import (
     TransientError,
     UnknownDataset,
 )
-from app.schema import record_sequence
 from app.settings import Settings
 from models.datasets import DatasetRegistry, DatasetSpec
 from models.outcomes import FileOutcome
@@ -41,18 +40,10 @@ from services.ingest.claim import (
     gave_up,
     record,
 )
-from services.ingest.csv_load import (
-    copy_fast,
-    copy_robust,
-    fast_path_possible,
-    map_header,
-    read_header,
-)
 from services.ingest.files import (
     FileFormat,
     check_state_folders,
     display_name,
-    file_format,
     hash_fd,
     hold_read_lease,
     ignore_lease_breaks,
@@ -62,13 +53,11 @@ from services.ingest.files import (
     open_no_follow,
     still_there,
 )
-from services.ingest.json_load import copy_json, first_record_keys
-from services.ingest.rows import NO_ROWS_HINT, LoadStats, Target
-from services.ingest.source import Stream
+from services.ingest.formats import format_named, format_of
+from services.ingest.rows import LoadStats, Target
+from services.ingest.source import Source
 
 log = logging.getLogger(__name__)
-
-_TABLE_LOCK_SPACE = 0x6C6F6164  # "load": advisory-lock namespace for per-table load serialisation
 
 
 class Loader:
@@ -139,7 +128,7 @@ class Loader:
     async def _recognised(self, conn: asyncpg.Connection, file: ClaimedFile) -> FileOutcome:
         dataset: DatasetSpec | None = None
         try:
-            fmt = file_format(file.name)
+            fmt = format_of(file.name)
             if file.identity.size == 0:
                 raise EmptyFile("the file is empty (0 bytes)", hint="Drop it again once it has data")
             known = file.origin.dataset
@@ -158,12 +147,8 @@ class Loader:
         by_name = self.registry.by_name(file.name)
         if by_name is not None:
             return by_name
-        stream = Stream(file.fd, file.identity.size, file.name, fmt)
-        if fmt.kind == "csv":
-            # The header decides; latin-1 decodes any bytes, the dataset's encoding applies later.
-            fields = read_header(stream, "latin-1", file.name)
-        else:
-            fields = first_record_keys(stream, fmt, file.name)
+        source = Source(file.fd, file.identity.size, file.sha256, file.name, fmt)
+        fields = format_named(fmt).field_names(source, None)
         by_fields = self.registry.by_header(fields)
         if by_fields is not None:
             return by_fields
@@ -236,40 +221,5 @@ async def load_file(
         str(target.file_id),
         target.source_timezone,
     )
-    stream = Stream(file.fd, file.identity.size, target.label, fmt)
-    if fmt.kind == "csv":
-        stats, stream = await load_csv(conn, stream, target)
-    else:
-        stats = await copy_json(conn, stream, fmt, target, registry)
-    # The bytes loaded must be the bytes hashed: a file still being written is taken again later.
-    await asyncio.to_thread(stream.verify, file.sha256)
-    return stats
-
-
-async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> tuple[LoadStats, Stream]:
-    """Fast path first; on any refusal by PostgreSQL, the robust path from the start.
-
-    Returns the statistics and the stream that was read to the end."""
-    schema, dataset = target.schema, target.dataset
-    header = map_header(read_header(stream, dataset.encoding, target.label), dataset, target.label)
-    if fast_path_possible(header, target):
-        # Loads of one table take turns so that the table's record sequence restarts at 1.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _TABLE_LOCK_SPACE, f"{schema}.{dataset.table}"
-        )
-        await conn.execute("SELECT setval($1::regclass, 1, false)", record_sequence(schema, dataset))
-        try:
-            async with conn.transaction():
-                rows = await copy_fast(conn, stream, header, target)
-                if rows == 0:
-                    raise EmptyFile("the file has a header but no data rows", hint=NO_ROWS_HINT)
-            return LoadStats(rows_loaded=rows, records=rows), stream
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            log.info(
-                "%s: COPY refused the file as it is (%s); reading it row by row",
-                target.label,
-                type(exc).__name__,
-            )
-        stream = stream.reopen()
-        read_header(stream, dataset.encoding, target.label)
-    return await copy_robust(conn, stream, header, target, stream.raw.size), stream
+    source = Source(file.fd, file.identity.size, file.sha256, target.label, fmt)
+    return await format_named(fmt).load(conn, source, target, registry)

@@ -25,7 +25,14 @@ import asyncpg
 from app.db import unless_connection_lost
 from app.errors import EmptyFile, MalformedFile, TooManyRejects
 from models.datasets import TYPE_EXPECTATIONS, ColumnSpec, DatasetSpec
-from services.ingest.values import Converter, date_converter, is_fixed_offset, timestamp_converter
+from services.ingest.values import (
+    Converter,
+    date_converter,
+    is_fixed_offset,
+    lone_decimal_comma,
+    number_converter,
+    timestamp_converter,
+)
 
 CHUNK_ROWS = 20_000
 NO_ROWS_HINT = "Nothing to load; drop the file again once it has rows"
@@ -85,21 +92,34 @@ class Target:
         )
 
 
-def _converter(column: ColumnSpec, zone: str) -> Converter | None:
+def _converter(column: ColumnSpec, zone: str, dataset: DatasetSpec, text_numbers: bool) -> Converter | None:
     if column.type == "timestamptz" and (column.formats or not is_fixed_offset(zone)):
         return timestamp_converter(zone, column.formats)
     if column.type == "date" and column.formats:
         return date_converter(column.formats)
+    if column.type in ("numeric", "integer") and text_numbers:
+        if writes_numbers_its_own_way(dataset):
+            return number_converter(dataset.decimal_mark, dataset.thousands)
+        if dataset.decimal is None and dataset.delimiter not in (None, ","):
+            return lone_decimal_comma
     return None
+
+
+def writes_numbers_its_own_way(dataset: DatasetSpec) -> bool:
+    """The dataset declares a decimal comma or a thousands separator for its text files."""
+    return dataset.decimal_mark != "." or bool(dataset.thousands)
 
 
 class RowPlan:
     """The staging columns one file fills, and the row rules Python checks before COPY."""
 
-    def __init__(self, columns: list[ColumnSpec], target: Target) -> None:
+    def __init__(self, columns: list[ColumnSpec], target: Target, *, text_numbers: bool = False) -> None:
+        """`text_numbers`: numbers come as the file wrote them (delimited text), so the dataset's
+        `decimal` and `thousands` apply; JSON, Excel and Parquet numbers are numbers already."""
         self.target = target
         self.specs = columns
-        self.converters = [_converter(c, target.source_timezone) for c in columns]
+        zone, dataset = target.source_timezone, target.dataset
+        self.converters = [_converter(c, zone, dataset, text_numbers) for c in columns]
         self.any_groups = [
             [k for k, c in enumerate(columns) if c.column in group] for group in target.dataset.require_any
         ]

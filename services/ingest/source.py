@@ -11,6 +11,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from app.errors import EncodingError, FileChanged, MalformedFile
@@ -79,6 +80,7 @@ class Stream:
             unzipped = gzip.GzipFile(fileobj=buffered, mode="rb")
             self._inner = io.BufferedReader(unzipped, buffer_size=READ_SIZE)
         self.cr_line_ends = False
+        self.transcoded_from: str | None = None
 
     def read(self, n: int = READ_SIZE) -> bytes:
         try:
@@ -107,6 +109,17 @@ class Stream:
             self.cr_line_ends = True
             self._inner = io.BufferedReader(_CrAsLf(self._inner), buffer_size=READ_SIZE)
 
+    def transcode(self, encoding: str) -> None:
+        """From here on, the content reads as UTF-8: the file is in `encoding`, which is not
+        ASCII-compatible (UTF-16, UTF-32), and every reader after this one splits lines on b"\\n".
+        A byte-order mark is dropped."""
+        from services.ingest.csv_dialect import Transcoder  # the dialect module builds on this one
+
+        if self.transcoded_from is None:
+            self.transcoded_from = encoding
+            transcoder = Transcoder(self._inner, encoding, self._args[2])
+            self._inner = io.BufferedReader(transcoder, buffer_size=READ_SIZE)
+
     def skip_line_ends(self) -> int:
         """Consume the blank lines that follow (whole lines of CR and LF bytes) block by block,
         not one Python iteration each; returns how many lines were skipped."""
@@ -123,8 +136,12 @@ class Stream:
         return lines
 
     def reopen(self) -> Stream:
-        """A second, independent reader of the same file from its start."""
-        return Stream(*self._args)
+        """A second, independent reader of the same file from its start (transcoded as this one
+        is; line ends are told again from the first line)."""
+        stream = Stream(*self._args)
+        if self.transcoded_from is not None:
+            stream.transcode(self.transcoded_from)
+        return stream
 
     def drain(self) -> None:
         """Read to the end, so that the hash check covers the whole file."""
@@ -191,3 +208,63 @@ def decode_line(raw: bytes, encoding: str, line_no: int, label: str) -> str:
             file_name=label,
             line_no=line_no,
         ) from None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A claimed file as a format reads it: its open descriptor, what was hashed, and its name."""
+
+    fd: int
+    size: int
+    sha256: str
+    label: str
+    fmt: FileFormat
+
+    def stream(self) -> Stream:
+        """The content from the start, hashed on the way (`Stream.verify` checks it)."""
+        return Stream(self.fd, self.size, self.label, self.fmt)
+
+    def random_access(self) -> PositionalReader:
+        """The file as a seekable binary file (a zip, a Parquet footer), read with pread."""
+        return PositionalReader(self.fd, self.size)
+
+
+class PositionalReader(io.RawIOBase):
+    """A seekable, read-only file over a descriptor that others read too: every read is a pread
+    at this reader's own position, so the descriptor's offset is never moved."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = os.pread(self._fd, min(len(buffer), max(0, self._size - self._pos)), self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self._size - self._pos)
+        data = os.pread(self._fd, min(size, max(0, self._size - self._pos)), self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)

@@ -1,9 +1,10 @@
 """Value conversions done in Python, only where PostgreSQL's own input functions cannot decide.
 
 Most values go to PostgreSQL as text and its input functions type them (the same rules on the
-fast and the robust path). Python steps in for three things only: dates and timestamps in a
-dataset-declared format, and local timestamps in a zone with daylight saving, where a time
-that does not exist or happens twice must be a rejected row rather than a silent guess.
+fast and the robust path). Python steps in where PostgreSQL cannot decide: dates and timestamps in a
+dataset-declared format, numbers written the continental way (`1.234,56`), and local timestamps
+in a zone with daylight saving, where a time that does not exist or happens twice must be a
+rejected row rather than a silent guess.
 """
 
 from __future__ import annotations
@@ -87,3 +88,34 @@ def date_converter(formats: tuple[str, ...]) -> Converter:
         return value
 
     return convert
+
+
+def number_converter(decimal: str, thousands: str) -> Converter:
+    """Numbers written the dataset's way (`1.234,56`) as PostgreSQL reads them (`1234.56`); a
+    value written any other way is refused, so the row is rejected naming the column."""
+    separators = "[ \u00a0\u202f]" if thousands == " " else re.escape(thousands)
+    whole = rf"(?:\d{{1,3}}(?:{separators}\d{{3}})+|\d+)" if thousands else r"\d+"
+    pattern = re.compile(rf"[+-]?(?:{whole}(?:{re.escape(decimal)}\d*)?|{re.escape(decimal)}\d+)")
+    example = f"1{thousands}234{decimal}56" if thousands else f"1234{decimal}56"
+    strip = str.maketrans("", "", " \u00a0\u202f" if thousands == " " else thousands)
+
+    def convert(value: str) -> str:
+        text = value.strip()
+        # Without thousands, as the fast path's SQL: no point allowed, PostgreSQL checks the rest.
+        if pattern.fullmatch(text) if thousands else "." not in text:
+            return text.translate(strip).replace(decimal, ".")
+        raise ValueError(f"not a number written as this dataset declares (e.g. {example})")
+
+    return convert
+
+
+_LONE_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
+
+
+def lone_decimal_comma(value: str) -> str:
+    """`1,5` as `1.5`: in a file not separated by commas, a number with one comma and nothing
+    else can only be written the continental way (what a spreadsheet in such a locale saves).
+    Anything else goes to PostgreSQL as it is, which decides."""
+    if "," in value and _LONE_DECIMAL_COMMA.fullmatch(value):
+        return value.replace(",", ".")
+    return value

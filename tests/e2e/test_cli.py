@@ -231,14 +231,14 @@ def test_invalid_toml_in_datasets_file_exits_2(dsn: str, workdir: Path) -> None:
 
 def test_an_invalid_dataset_in_datasets_file_exits_2(dsn: str, workdir: Path) -> None:
     toml = workdir / "datasets.toml"
-    toml.write_text("[datasets.meter_readings]\nencoding = 'utf-16'\n", encoding="utf-8")
+    toml.write_text("[datasets.meter_readings]\nencoding = 'cp037'\n", encoding="utf-8")  # EBCDIC
 
     proc = run_cli(dsn, workdir, "--status")
 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2
     assert f"configuration error: {toml} declares an invalid dataset: " in out
-    assert "encoding 'utf-16' is not ASCII-compatible (use utf-8, latin-1, cp1252…)" in out
+    assert "encoding 'cp037' is not ASCII-compatible (use utf-8, latin-1, cp1252…)" in out
     assert "See the README section 'Datasets' for the format" in out
     assert "Traceback" not in out
 

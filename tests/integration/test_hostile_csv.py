@@ -85,7 +85,7 @@ def test_quotes_inside_unquoted_fields_are_kept_after_a_multi_line_record(
 def test_well_formed_quotes_stay_on_the_fast_path(
     settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.ingest.loader")
+    caplog.set_level(logging.INFO, logger="services.ingest")  # the loader and the formats
     body = 'J1,S1,"a ""b"", c"\n"J2","S2",\n'
     assert shipments(settings, dsn, "shipments_fast_quotes.csv", body) == [
         ("J1", "S1", 'a "b", c'),
@@ -97,7 +97,7 @@ def test_well_formed_quotes_stay_on_the_fast_path(
 def test_a_quote_inside_an_unquoted_field_leaves_the_fast_path(
     settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.ingest.loader")
+    caplog.set_level(logging.INFO, logger="services.ingest")  # the loader and the formats
     shipments(settings, dsn, "shipments_inch.csv", 'J1,S1,"ok"\nJ2,S2,12" pipe\n')
 
     assert "COPY refused the file as it is (QuotesCopyReadsDifferently)" in caplog.text

@@ -25,6 +25,10 @@ from tests.conftest import run_cli
 from tests.integration.helpers import METER_HEADER, drop, ingest, meter_rows
 from tests.pg import fetch, fetchval
 
+EXTENSIONS_HINT = (
+    "Drop .csv, .tsv, .txt, .json, .ndjson or .jsonl files, optionally gzipped (.gz), "
+    "or .xlsx, .xlsm or .parquet files"
+)
 ENCODING_HINT = (
     "If the file uses another encoding, set `encoding` for this dataset in datasets.toml "
     '(e.g. encoding = "cp1252"); a binary file cannot be loaded'
@@ -176,7 +180,8 @@ def test_invalid_utf8_in_a_data_row_fails_naming_byte_and_line(settings: Setting
         content,
         dataset="meter_readings",
         error_class="EncodingError",
-        error=f"byte 0xe9 at line 7, position 2, is not valid utf-8. {ENCODING_HINT}",
+        error=f"byte 0xe9 at line 7, position 2, is not valid utf-8. {ENCODING_HINT}. It looks like "
+        'cp1252: add the line encoding = "cp1252" under [datasets.meter_readings] in datasets.toml',
     )
 
 
@@ -198,7 +203,8 @@ def test_undecodable_byte_in_a_declared_cp1252_dataset_names_the_encoding(
         content,
         dataset="meter_readings",
         error_class="EncodingError",
-        error=f"byte 0x81 at line 3, position 2, is not valid cp1252. {ENCODING_HINT}",
+        error=f"byte 0x81 at line 3, position 2, is not valid cp1252. {ENCODING_HINT}. It looks like "
+        'cp850: add the line encoding = "cp850" under [datasets.meter_readings] in datasets.toml',
     )
 
 
@@ -242,8 +248,9 @@ def test_a_10_mb_data_line_fails_the_file_naming_the_line(settings: Settings, ds
 
 
 def test_unsupported_extension_fails_listing_the_extensions_read(settings: Settings, dsn: str) -> None:
-    content = b"PK\x03\x04\x14\x00\x06\x00" + random.Random(3).randbytes(512)
-    path = drop(settings.imports_dir, "meter_readings.xlsx", content)
+    # An Excel 97-2003 workbook (an OLE compound file): loadbay reads .xlsx, not .xls.
+    content = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + random.Random(3).randbytes(512)
+    path = drop(settings.imports_dir, "meter_readings.xls", content)
 
     result = ingest(settings, path)
 
@@ -251,12 +258,11 @@ def test_unsupported_extension_fails_listing_the_extensions_read(settings: Setti
     assert_failed(
         settings,
         dsn,
-        "meter_readings.xlsx",
+        "meter_readings.xls",
         content,
         dataset=None,
         error_class="UnsupportedFormat",
-        error=".xlsx files are not read by loadbay. Drop .csv, .json, .ndjson or .jsonl files, optionally "
-        "gzipped (.gz)",
+        error=f".xls files are not read by loadbay. {EXTENSIONS_HINT}",
     )
 
 
@@ -271,8 +277,7 @@ def test_a_name_without_extension_fails_as_unsupported(settings: Settings, dsn: 
         content,
         dataset=None,
         error_class="UnsupportedFormat",
-        error="(no extension) files are not read by loadbay. Drop .csv, .json, .ndjson or .jsonl files, "
-        "optionally gzipped (.gz)",
+        error=f"(no extension) files are not read by loadbay. {EXTENSIONS_HINT}",
     )
 
 

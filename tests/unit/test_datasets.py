@@ -205,7 +205,14 @@ def test_invalid_table_identifier_is_refused() -> None:
     ]
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "cp037"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf_32_be"])
+def test_utf16_and_utf32_are_taken_though_not_ascii_compatible(encoding: str) -> None:
+    registry = DatasetRegistry.from_toml({"datasets": {"meter_readings": {"encoding": encoding}}})
+
+    assert registry.get("meter_readings").encoding == encoding
+
+
+@pytest.mark.parametrize("encoding", ["cp037", "cp500"])
 def test_an_encoding_that_is_not_ascii_compatible_is_refused(encoding: str) -> None:
     with pytest.raises(ValidationError) as caught:
         DatasetRegistry.from_toml({"datasets": {"meter_readings": {"encoding": encoding}}})
@@ -309,13 +316,13 @@ def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
 
 def test_invalid_dataset_is_a_config_error_pointing_to_the_readme(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    settings.datasets_file.write_text('[datasets.meter_readings]\nencoding = "utf-16"\n', encoding="utf-8")
+    settings.datasets_file.write_text('[datasets.meter_readings]\nencoding = "cp037"\n', encoding="utf-8")
 
     with pytest.raises(ConfigError) as caught:
         load_registry(settings)
 
     assert caught.value.message.startswith(f"{settings.datasets_file} declares an invalid dataset: ")
-    assert "encoding 'utf-16' is not ASCII-compatible (use utf-8, latin-1, cp1252…)" in caught.value.message
+    assert "encoding 'cp037' is not ASCII-compatible (use utf-8, latin-1, cp1252…)" in caught.value.message
     assert caught.value.hint == "See the README section 'Datasets' for the format"
 
 
