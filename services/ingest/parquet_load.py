@@ -225,42 +225,46 @@ class BatchRows:
             first += batch.num_rows
 
     def _chunk(self, batch: pa.RecordBatch, first: int) -> Chunk:
-        # pyarrow.compute is used only for naive timestamps in a zone with daylight saving: its
-        # first call sets up every kernel (+45 MB), so the checks below stay in plain pyarrow.
-        import pyarrow as pa
-        import pyarrow.csv as pa_csv
-
         columns = [batch.column(i) for i in self.indexes]
         if self.extras or any(
             self.plan.converters[k] is not None and _is_text(c) for k, c in enumerate(columns)
         ):
             return self._rows_in_python(batch, first)
-        for k, column in enumerate(columns):
-            if self.in_utc and pa.types.is_timestamp(column.type):
-                if column.type.tz is None and not _is_utc(self.zone):
-                    import pyarrow.compute as pc
+        placed = [self._placed(column) for column in columns]
+        if any(column is None for column in placed) or self._breaks_a_rule(columns):
+            return self._rows_in_python(batch, first)  # the rows say which value is wrong
+        block = self._copy_lines([c for c in placed if c is not None], first, batch.num_rows)
+        if block is None:
+            return self._rows_in_python(batch, first)  # a value with a line break: lines are not rows
+        return LinesChunk(block, first, batch.num_rows)
 
-                    try:
-                        column = pc.assume_timezone(column, self.zone, ambiguous="raise", nonexistent="raise")
-                    except pa.ArrowInvalid:
-                        return self._rows_in_python(batch, first)  # the rows name the local times
-                columns[k] = column.view(pa.timestamp(column.type.unit))  # the same instants, in UTC
-            elif (
-                pa.types.is_timestamp(column.type)
-                and column.type.tz is None
-                and not is_fixed_offset(self.zone)
-            ):
-                import pyarrow.compute as pc
+    def _placed(self, column: pa.Array) -> pa.Array | None:
+        """The column as COPY takes it (timestamps placed in their zone), or None when a value
+        needs Python: a local time that does not exist or happens twice, a type Arrow cannot
+        write as text."""
+        # pyarrow.compute is used only for naive timestamps in a zone with daylight saving: its
+        # first call sets up every kernel (+45 MB), so the checks stay in plain pyarrow.
+        import pyarrow as pa
 
-                try:
-                    columns[k] = pc.assume_timezone(column, self.zone, ambiguous="raise", nonexistent="raise")
-                except pa.ArrowInvalid:
-                    return self._rows_in_python(batch, first)  # the rows name the local times
-            elif not _writable(column.type):
-                return self._rows_in_python(batch, first)
-        if self._breaks_a_rule(columns):
-            return self._rows_in_python(batch, first)
-        n = batch.num_rows
+        if not pa.types.is_timestamp(column.type):
+            return column if _writable(column.type) else None
+        naive = column.type.tz is None
+        if self.in_utc:
+            if naive and not _is_utc(self.zone):
+                column = _assume_zone(column, self.zone)
+                if column is None:
+                    return None
+            return column.view(pa.timestamp(column.type.unit))  # the same instants, in UTC
+        if naive and not is_fixed_offset(self.zone):
+            return _assume_zone(column, self.zone)
+        return column if _writable(column.type) else None
+
+    def _copy_lines(self, columns: list[pa.Array], first: int, n: int) -> bytes | None:
+        """The batch as COPY's CSV lines behind `_file_id` and `_record_no`; None if a value holds
+        a line break (then lines are not rows)."""
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
         # Arrays from buffers: pa.array() of a Python list would import pandas (+50 MB) to ask
         # whether the list is one of its kinds.
         file_ids = pa.Array.from_buffers(
@@ -269,21 +273,11 @@ class BatchRows:
         record_nos = pa.Array.from_buffers(
             pa.int64(), n, [None, pa.py_buffer(array("q", range(first, first + n)))]
         )
-        table = pa.table(
-            [
-                file_ids,
-                record_nos,
-                *columns,
-                pa.nulls(n, pa.string()),
-            ],
-            names=self.plan.columns,
-        )
+        table = pa.table([file_ids, record_nos, *columns, pa.nulls(n, pa.string())], names=self.plan.columns)
         out = io.BytesIO()
         pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
         block = out.getvalue()
-        if block.count(b"\n") != n:
-            return self._rows_in_python(batch, first)  # a value with a line break: lines are not rows
-        return LinesChunk(block, first, n)
+        return block if block.count(b"\n") == n else None
 
     def _breaks_a_rule(self, columns: list[pa.Array]) -> bool:
         """Some row lacks a required value, or has none of an "at least one of" group."""
@@ -462,3 +456,15 @@ def _text(value: Any, naive_zone: ZoneInfo | None = None) -> str | None:
     if isinstance(value, bytes):
         return value.hex()
     return json_text(value)
+
+
+def _assume_zone(column: pa.Array, zone: str) -> pa.Array | None:
+    """Naive timestamps read as local times in `zone`; None if one does not exist or is ambiguous."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        placed: pa.Array = pc.assume_timezone(column, zone, ambiguous="raise", nonexistent="raise")
+    except pa.ArrowInvalid:
+        return None
+    return placed
