@@ -276,6 +276,7 @@ def test_memory_is_bounded_by_the_batch_not_the_file(dsn: str, workdir: Path) ->
     # Ten times the rows, one row group of 1Mi rows instead of 100k: the same memory, give or take
     # allocator noise (pyarrow and its imports alone take about 63 MB; see the README's limits).
     assert peaks[1_000_000] - peaks[100_000] <= 15
+    assert max(peaks.values()) <= 150  # DESIGN §10: Parquet within the 150 MB of any file
 
 
 def test_an_empty_required_string_is_rejected(settings: Settings, dsn: str) -> None:
