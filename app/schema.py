@@ -39,6 +39,11 @@ def sqlalchemy_url(dsn: str) -> str:
     return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
 
 
+# Values of a staging table's record sequence a session takes at once: more than any file has
+# records, so one load's values are consecutive (2^31: a session may start 4 billion times).
+RECORD_CACHE = 2**31 - 1
+
+
 def record_sequence(schema: str, dataset: DatasetSpec) -> str:
     """The sequence that numbers a staging table's records (`_record_no`)."""
     return table_name(schema, f"{dataset.table}__record_no")
@@ -61,16 +66,21 @@ def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
     table = table_name(schema, dataset.table)
     sequence = record_sequence(schema, dataset)
     data_columns = ", ".join(f"{quote_ident(c.column)} {SQL_TYPES[c.type]}" for c in dataset.columns)
+    record_no = f"nextval('{sequence}') - current_setting('loadbay.record_base')::bigint"
     statements = [
-        # The loader resets this sequence at the start of each load (loads of one table are
-        # serialised), so COPY fills _record_no 1, 2, 3… without a Python loop.
-        f"CREATE SEQUENCE IF NOT EXISTS {sequence} CACHE 10000",
+        # COPY numbers a file's records 1, 2, 3… without a Python loop and without a table lock:
+        # each session caches a block of 2^31 successive values of the sequence, so the values a
+        # load draws are consecutive; the load notes the value before its first record in
+        # loadbay.record_base (services/ingest/csv_format.py). Loads of one table overlap.
+        f"CREATE SEQUENCE IF NOT EXISTS {sequence} CACHE {RECORD_CACHE}",
+        f"ALTER SEQUENCE {sequence} CACHE {RECORD_CACHE}",
         f"""CREATE TABLE IF NOT EXISTS {table} (
             _file_id bigint NOT NULL DEFAULT current_setting('loadbay.file_id')::bigint,
-            _record_no bigint NOT NULL DEFAULT nextval('{sequence}'),
+            _record_no bigint NOT NULL DEFAULT {record_no},
             {data_columns},
             _extra jsonb
         )""",
+        f"ALTER TABLE {table} ALTER COLUMN _record_no SET DEFAULT {record_no}",
         f"CREATE INDEX IF NOT EXISTS {quote_ident(dataset.table + '__file')} "
         f"ON {table} USING brin (_file_id)",
     ]

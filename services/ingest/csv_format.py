@@ -36,7 +36,6 @@ from services.ingest.source import Source, Stream
 
 log = logging.getLogger(__name__)
 
-_TABLE_LOCK_SPACE = 0x6C6F6164  # "load": advisory-lock namespace for per-table load serialisation
 _SAMPLE_BYTES = 1 << 18  # what the encoding detector reads of a file that failed to decode
 
 
@@ -125,14 +124,30 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
 
 
 async def copy_direct(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
-    """COPY into the staging table; its defaults number the records."""
-    schema, dataset = target.schema, target.dataset
-    # Loads of one table take turns so that the table's record sequence restarts at 1.
+    """COPY into the staging table; its defaults number the records from 1.
+
+    No table lock: the record sequence hands this session consecutive values (app/schema.py), so
+    the value drawn now is the base the file's records count from. Loads of one table overlap."""
+    sequence = record_sequence(target.schema, target.dataset)
+    base = await conn.fetchval("SELECT nextval($1::regclass)", sequence)
+    await conn.execute("SELECT set_config('loadbay.record_base', $1, true)", str(base))
+    rows = await copy_fast(conn, stream, header, target)
+    last = await conn.fetchval("SELECT nextval($1::regclass)", sequence)
+    if last != base + rows + 1:
+        # The session's block of values ran out mid-file (after 2 billion records on one
+        # connection): number this file's records again, in their order.
+        await _renumber(conn, target)
+    return rows
+
+
+async def _renumber(conn: asyncpg.Connection, target: Target) -> None:
+    table = table_name(target.schema, target.dataset.table)
     await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _TABLE_LOCK_SPACE, f"{schema}.{dataset.table}"
+        f"UPDATE {table} t SET _record_no = n.rn FROM (SELECT ctid, row_number() OVER "
+        f"(ORDER BY _record_no) AS rn FROM {table} WHERE _file_id = $1) n "
+        "WHERE t.ctid = n.ctid AND t._file_id = $1",
+        target.file_id,
     )
-    await conn.execute("SELECT setval($1::regclass, 1, false)", record_sequence(schema, dataset))
-    return await copy_fast(conn, stream, header, target)
 
 
 async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
