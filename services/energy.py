@@ -1,8 +1,12 @@
 """Half-hourly energy from meter registers, power samples and sensor currents.
 
-The rules are the spec's (README, "Energy"); the work is set-based SQL in `sql/energy/`, run in
-order inside the caller's transaction over the meters it names. Python only chooses the meters
-and the window, and reads back the counts.
+The rules are the spec's (README, "Energy"). Register meters take the numpy route: their
+readings stream out by binary COPY, `services/energy_rules.py` applies the rules in exact integer
+arithmetic, and the half-hours, gaps, anomalies and checkpoints come back by COPY into the temp
+tables that `sql/energy/04_write.sql` writes from. Meters the numpy route cannot represent
+exactly (more than 6 decimals, huge values, parameters finer than 10^-6) and power-only or
+sensor meters take the SQL route: the set-based steps in `sql/energy/`. Both run inside the
+caller's transaction over the meters it names.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -23,6 +28,12 @@ log = logging.getLogger(__name__)
 
 METHOD_VERSION = "loadbay-energy-1"
 STEPS = ("energy/01_series.sql", "energy/02_steps.sql", "energy/03_intervals.sql", "energy/04_write.sql")
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # binary COPY timestamps count microseconds from here
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+COPY_TRAILER = b"\xff\xff"
+# A value fits the numpy route when it is a whole number of 10^-6 units below this (int64 with
+# room for the sums and the rollover unwrapping).
+FIT_LIMIT = Decimal(10) ** 9
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,17 @@ class EnergyResult:
     anomalies: int = 0
     seconds: float = 0.0
 
+    def __add__(self, other: EnergyResult) -> EnergyResult:
+        return EnergyResult(
+            self.meters + other.meters,
+            self.readings + other.readings,
+            self.intervals + other.intervals,
+            self.missing + other.missing,
+            self.gaps + other.gaps,
+            self.anomalies + other.anomalies,
+            self.seconds + other.seconds,
+        )
+
 
 async def compute_energy(
     conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]
@@ -53,9 +75,26 @@ async def compute_energy(
     if not windows:
         return EnergyResult()
     started = time.monotonic()
-    # Sorting a million readings in memory rather than on disk halves the build.
+    # Sorting a million readings in memory rather than on disk halves the SQL route.
     await conn.execute("SET LOCAL work_mem = '256MB'")
-    await _parameters(conn, settings, windows)
+    from services.energy_numpy import numpy_route  # numpy is imported only by the pipeline
+
+    result, left = await numpy_route(conn, settings, windows)
+    if left:
+        result += await sql_route(conn, settings, left)
+    return EnergyResult(
+        len(windows),
+        result.readings,
+        result.intervals,
+        result.missing,
+        result.gaps,
+        result.anomalies,
+        time.monotonic() - started,
+    )
+
+
+async def sql_route(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> EnergyResult:
+    await create_parameters(conn, settings, windows)
     for step in STEPS:
         await conn.execute(sql(step, settings))
     counts = await conn.fetchrow(
@@ -67,12 +106,13 @@ async def compute_energy(
                (SELECT count(*) FROM e_anomalies) AS anomalies
         """
     )
-    for table in ("e_params", "e_meters", *_TEMP_TABLES):
-        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
-    return EnergyResult(len(windows), **dict(counts), seconds=time.monotonic() - started)
+    await drop_temp_tables(conn)
+    return EnergyResult(len(windows), **dict(counts))
 
 
 _TEMP_TABLES = (
+    "e_params",
+    "e_meters",
     "e_input",
     "e_anomalies",
     "e_ranked",
@@ -81,11 +121,29 @@ _TEMP_TABLES = (
     "e_points",
     "e_intervals",
     "e_result",
+    "e_result_n",
+    "e_labels",
     "e_gaps",
+    "e_checkpoints",
 )
 
 
-async def _parameters(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> None:
+async def drop_temp_tables(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"DROP TABLE IF EXISTS {', '.join('pg_temp.' + t for t in _TEMP_TABLES)}")
+
+
+def micro(value: Any) -> int | None:
+    """value x 10^6 as an int when that is exact and fits the numpy route, else None."""
+    if value is None:
+        return 0
+    number = Decimal(str(value))
+    scaled = number.scaleb(6)
+    if not number.is_finite() or abs(number) >= FIT_LIMIT or scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)
+
+
+async def create_parameters(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> None:
     await conn.execute(
         """
         CREATE TEMP TABLE e_params ON COMMIT DROP AS
@@ -111,14 +169,14 @@ async def _parameters(conn: asyncpg.Connection, settings: Settings, windows: lis
     await conn.execute(
         f"""
         CREATE TEMP TABLE e_meters ON COMMIT DROP AS
-        SELECT w.meter_id, w.window_from, w.emit_from, w.seed_e,
+        SELECT w.meter_id, w.window_from, w.emit_from, w.seed_e, w.idx::int4 - 1 AS idx,
                p.noise_tolerance_kwh AS noise,
                coalesce(c.max_power_kw, p.max_power_kw) AS max_kw,
                coalesce(c.register_modulus_kwh, p.register_modulus_kwh) AS modulus,
                p.max_actual_step_s AS max_actual_s, p.max_interp_step_s AS max_interp_s,
                p.power_max_step_s AS power_max_s, p.power_quality = 'ACTUAL' AS power_actual
-        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[])
-             AS w(meter_id, window_from, emit_from, seed_e)
+        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[]) WITH ORDINALITY
+             AS w(meter_id, window_from, emit_from, seed_e, idx)
         CROSS JOIN e_params p
         LEFT JOIN {quote_ident(settings.warehouse_schema)}.meter_config c USING (meter_id)
         """,

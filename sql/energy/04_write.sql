@@ -1,4 +1,6 @@
 -- Energy, step 4: write the results for the meters in e_meters, from each meter's emit_from on.
+-- In: e_result, e_gaps, e_anomalies, e_checkpoints, from steps 1-3 or from the numpy route
+-- (services/energy_rules.py), which fills the same tables.
 -- Rows whose values did not change are left as they are, so a recompute is idempotent.
 
 -- The planner's row counts for e_result: with them a new day's few thousand half-hours are
@@ -82,13 +84,10 @@ ON CONFLICT (meter_id, ts, file_id, record_no, field) DO UPDATE
 SET value = EXCLUDED.value, reason = EXCLUDED.reason, computed_at = now()
 WHERE (reading_anomalies.value, reading_anomalies.reason) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.reason);
 
--- Checkpoints for later incremental runs: the last reading of each UTC day, when its incoming
--- step was a plain one (not a reset, break or long gap), with the high-water mark there.
+-- Checkpoints for later incremental runs (e_checkpoints: see the end of step 3).
 DELETE FROM {warehouse}.energy_checkpoints c
 USING e_meters m
 WHERE c.meter_id = m.meter_id AND c.ts >= m.window_from;
 
 INSERT INTO {warehouse}.energy_checkpoints (meter_id, ts, source, v, e_rel)
-SELECT meter_id, t1, source, v1, e_rel
-FROM e_steps
-WHERE day_end AND (t0 IS NULL OR (usable AND (source = 'power' OR cls IN ('NORMAL', 'NOISE', 'ROLLOVER'))));
+SELECT meter_id, ts, source, v, e_rel FROM e_checkpoints;
