@@ -74,7 +74,8 @@ def jittered_meter(seed: int, meter: str) -> list[dict[str, Any]]:
     """Readings off the half-hour grid, so nearly every half-hour is cut from two steps, with
     steps of exactly the plausibility bound and one unit either side of it."""
     rng = random.Random(seed)
-    t, kwh, out = START, rng.randint(0, 10**8), []  # kwh in 10^-3 units
+    t, kwh = START, rng.randint(0, 10**8)
+    out: list[dict[str, Any]] = []  # kwh in 10^-3 units
     for seq in range(1, rng.randint(3, 70)):
         seconds = rng.choice([1, 7, 599, 600, 601, 1799, 2100, 2101, 3600, 10800, 10801])
         micros = rng.choice([0, 0, 1, 333333, 999999])
@@ -83,10 +84,16 @@ def jittered_meter(seed: int, meter: str) -> list[dict[str, Any]]:
         bound = (100 * 1000 * (seconds * 10**6 + micros)) // (3600 * 10**6) + 10
         kwh += rng.choice([bound, bound + 1, bound - 1, rng.randint(0, 50), -rng.randint(0, 12)])
         kwh = max(kwh, 0)
+        register = f"{kwh // 1000}.{kwh % 1000:03d}"
         out.append(
-            {"meter_id": meter, "ts": t.isoformat(), "register_kwh": f"{kwh / 1000:.3f}", "power_w": None}
+            {
+                "meter_id": meter,
+                "ts": t.isoformat(),
+                "register_kwh": register,
+                "power_w": None,
+                "ingest_seq": seq,
+            }
         )
-        out[-1]["ingest_seq"] = seq
     return out
 
 
