@@ -1,4 +1,4 @@
-"""The numpy route (services/energy_rules.py) against the SQL route (sql/energy/): on the same
+"""The numpy route (services/energy/rules.py) against the SQL route (sql/energy/): on the same
 messy readings both must write the same half-hours, gaps, anomalies and checkpoints, to the
 last digit, including boundary cases of the plausibility bound and ties in the rounding."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.energy_rules import HOUR_UWH, _rounded_sums, decimal_text, products_le, within_bound
+from services.energy.rules import HOUR_UWH, _rounded_sums, decimal_text, products_le, within_bound
 
 
 def test_products_le_is_exact_where_int64_and_float_are_not() -> None:

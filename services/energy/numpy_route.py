@@ -1,5 +1,5 @@
 """The numpy route of the energy step: readings out by binary COPY, the rules in
-`services/energy_rules.py`, results back by COPY into the temp tables `sql/energy/04_write.sql`
+`services/energy/rules.py`, results back by COPY into the temp tables `sql/energy/04_write.sql`
 writes from. Meters it cannot compute exactly are handed back for the SQL route.
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 
 from app.settings import Settings
 from app.sqlfiles import sql
-from services import energy_rules as rules
 from services.energy import (
     COPY_HEADER,
     COPY_TRAILER,
@@ -25,8 +24,10 @@ from services.energy import (
     create_parameters,
     drop_temp_tables,
     micro,
+    rules,
 )
 
+PIPELINE_BEGINNING = PG_EPOCH.replace(year=1970)  # services.pipeline.BEGINNING: a full build
 # One row of the read-out query in binary COPY: field count, then (length, value) per field.
 _FIELDS = [
     ("meter", ">i4"),
@@ -58,7 +59,7 @@ RESULT_ROW = np.dtype(
     ]
 )
 
-# State codes (energy_rules: ABSENT, OK, NEGATIVE, NAN, INFINITY, MINUS_INFINITY, UNFIT) of a
+# State codes (rules: ABSENT, OK, NEGATIVE, NAN, INFINITY, MINUS_INFINITY, UNFIT) of a
 # numeric value `x`; `{ok}` is the condition for OK once x is finite and fits.
 _STATE = """CASE WHEN {x} IS NULL THEN 0 WHEN {x} = 'NaN' THEN 3 WHEN {x} = 'Infinity' THEN 4
      WHEN {x} = '-Infinity' THEN 5 WHEN scale({x}) > 6 OR abs({x}) >= 1e9 THEN 6
@@ -156,10 +157,14 @@ async def _read_out(
     conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]
 ) -> rules.Readings:
     out = io.BytesIO()
-    # The constant lower bound lets the reading_at index skip everything older.
-    await conn.copy_from_query(
-        sql_text(READ_OUT, settings), min(w.window_from for w in windows), output=out, format="binary"
-    )
+    since = min(w.window_from for w in windows)
+    if since > PIPELINE_BEGINNING:
+        # An incremental window: the constant lower bound lets the reading_at BRIN index skip
+        # the history. The staging tables' statistics are often older than the last load (COPY
+        # does not update them), so the planner is told not to fall back to reading it all.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+    await conn.copy_from_query(sql_text(READ_OUT, settings), since, output=out, format="binary")
+    await conn.execute("RESET enable_seqscan")
     raw = out.getbuffer()
     count = (len(raw) - len(COPY_HEADER) - len(COPY_TRAILER)) // READ_ROW.itemsize
     rows = np.frombuffer(raw, dtype=READ_ROW, offset=len(COPY_HEADER), count=count)

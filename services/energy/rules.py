@@ -9,7 +9,7 @@ certain by a wide margin; the few comparisons and roundings within a whisker of 
 redone with Python integers and fractions. The result is the exact rational answer rounded half
 away from zero, as `round(numeric, 6)` does.
 
-The caller (services/energy.py) sends here only meters whose values all fit this scale and
+The caller (services/energy/numpy_route.py) sends here only meters whose values all fit this scale and
 whose chosen series is the register; the others keep the SQL route (sql/energy/).
 """
 

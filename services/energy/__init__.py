@@ -1,7 +1,7 @@
 """Half-hourly energy from meter registers, power samples and sensor currents.
 
 The rules are the spec's (README, "Energy"). Register meters take the numpy route: their
-readings stream out by binary COPY, `services/energy_rules.py` applies the rules in exact integer
+readings stream out by binary COPY, `services/energy/rules.py` applies the rules in exact integer
 arithmetic, and the half-hours, gaps, anomalies and checkpoints come back by COPY into the temp
 tables that `sql/energy/04_write.sql` writes from. Meters the numpy route cannot represent
 exactly (more than 6 decimals, huge values, parameters finer than 10^-6) and power-only or
@@ -77,7 +77,7 @@ async def compute_energy(
     started = time.monotonic()
     # Sorting a million readings in memory rather than on disk halves the SQL route.
     await conn.execute("SET LOCAL work_mem = '256MB'")
-    from services.energy_numpy import numpy_route  # numpy is imported only by the pipeline
+    from services.energy.numpy_route import numpy_route  # numpy is imported only by the pipeline
 
     result, left = await numpy_route(conn, settings, windows)
     if left:
@@ -91,6 +91,17 @@ async def compute_energy(
         result.anomalies,
         time.monotonic() - started,
     )
+
+
+async def summarize_reading_ranges(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Bring the staging tables' `reading_at` BRIN indexes up to date. COPY leaves the ranges it
+    fills unsummarised (so scanned by every query) until autovacuum comes round; this reads only
+    those pages, so an incremental run reads the new pages once and skips the history."""
+    for table in ("meter_readings", "sensor_readings"):
+        index = f"{quote_ident(settings.staging_schema)}.{quote_ident(table + '__reading_at')}"
+        await conn.execute(
+            "SELECT brin_summarize_new_values(i) FROM to_regclass($1) AS i WHERE i IS NOT NULL", index
+        )
 
 
 async def sql_route(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> EnergyResult:
@@ -125,6 +136,8 @@ _TEMP_TABLES = (
     "e_labels",
     "e_gaps",
     "e_checkpoints",
+    "e_existing",
+    "e_changed",
 )
 
 
