@@ -5,6 +5,7 @@ writes from. Meters it cannot compute exactly are handed back for the SQL route.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -125,7 +126,8 @@ async def numpy_route(
         settings.energy_max_interp_step_s * rules.MICRO,
         settings.energy_outlier_filter,
     )
-    result = rules.compute(readings, meters, params)
+    # In a thread: numpy lets go of the GIL, so the other workers' COPY streams on meanwhile.
+    result = await asyncio.to_thread(rules.compute, readings, meters, params)
     left = [w for w, out in zip(windows, to_sql.tolist(), strict=True) if out]
     if left:
         await conn.execute(
