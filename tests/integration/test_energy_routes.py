@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.settings import Settings
-from services.energy import MeterWindow, compute_energy, sql_route
+from services.energy import MeterWindow, compute_energy, create_parameters, sql_route
+from services.energy.numpy_route import READ_OUT, sql_text
 from tests.conftest import make_settings
 from tests.integration.energy_helpers import stage_readings
 from tests.integration.test_energy_properties import messy_meter
@@ -186,3 +187,36 @@ def test_a_meter_with_more_than_6_decimals_takes_the_sql_route_and_gets_the_same
         "ESTIMATED",
         "MISSING",
     ]
+
+
+def test_an_incremental_window_reads_the_readings_through_the_reading_at_index(
+    dsn: str, workdir: Path
+) -> None:
+    config = make_settings(dsn, workdir)
+
+    async def go() -> tuple[list[str], str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            indexes = await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'staging' "
+                "AND indexname LIKE '%reading_at' ORDER BY 1"
+            )
+            async with conn.transaction():
+                since = datetime(2024, 3, 1, tzinfo=UTC)
+                await create_parameters(conn, config, [MeterWindow("M1", since, since)])
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                plan = await conn.fetch("EXPLAIN " + sql_text(READ_OUT, config), since)
+            return [f"{r['indexname']}: {r['indexdef'].split(' USING ')[1]}" for r in indexes], "\n".join(
+                r[0] for r in plan
+            )
+        finally:
+            await conn.close()
+
+    indexes, plan = run(go())
+
+    assert indexes == [
+        "meter_readings__reading_at: brin (reading_at) WITH (pages_per_range='4', autosummarize='on')",
+        "sensor_readings__reading_at: brin (reading_at) WITH (pages_per_range='4', autosummarize='on')",
+    ]
+    assert "Bitmap Index Scan on meter_readings__reading_at" in plan
+    assert "Bitmap Index Scan on sensor_readings__reading_at" in plan
