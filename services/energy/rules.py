@@ -119,7 +119,15 @@ def products_le(a: Array, b: Array, c: Array, d: Array) -> Array:
 
 def within_bound(delta: Array, dt: Array, max_kw: Array, noise: int) -> Array:
     """delta <= max_kw x dt / 3600 + noise: the plausibility bound of the spec, exactly."""
-    return products_le(delta - noise, np.full_like(delta, HOUR_UWH), max_kw, dt)
+    excess = delta - noise
+    if not len(excess):
+        return np.zeros(0, dtype=bool)
+    biggest = max(abs(int(excess.max())), abs(int(excess.min())))
+    if biggest * HOUR_UWH < 2**62 and int(max_kw.max()) * max(abs(int(dt.max())), abs(int(dt.min()))) < 2**62:
+        # The usual case: both products fit in int64.
+        fits: Array = excess * HOUR_UWH <= max_kw * dt
+        return fits
+    return products_le(excess, np.full_like(excess, HOUR_UWH), max_kw, dt)
 
 
 def group_starts(*keys: Array) -> Array:
@@ -244,9 +252,15 @@ def _steps(meter: Array, t1: Array, v1: Array, meters: Meters, params: Params) -
     noisy = (delta < 0) & (delta >= -noise)
     jump = (delta > 0) & ~normal
     falls = delta < -noise
-    wrapped = delta + modulus
-    rollover = falls & (modulus > 0) & (wrapped >= 0) & within_bound(wrapped, dt, max_kw, noise)
-    reset = falls & ~rollover & within_bound(v1, dt, max_kw, noise)
+    # Decreases are few: their bounds are checked on them alone.
+    drop = np.flatnonzero(falls)
+    wrapped = delta[drop] + modulus[drop]
+    rollover = np.zeros(n, dtype=bool)
+    rollover[drop] = (
+        (modulus[drop] > 0) & (wrapped >= 0) & within_bound(wrapped, dt[drop], max_kw[drop], noise)
+    )
+    reset = np.zeros(n, dtype=bool)
+    reset[drop] = ~rollover[drop] & within_bound(v1[drop], dt[drop], max_kw[drop], noise)
     cls = np.select(
         [first, normal, noisy, jump, rollover, reset], [0, NORMAL, NOISE, BREAK, ROLLOVER, RESET], BREAK
     )
