@@ -60,29 +60,32 @@ RESULT_ROW = np.dtype(
     ]
 )
 
-# State codes (rules: ABSENT, OK, NEGATIVE, NAN, INFINITY, MINUS_INFINITY, UNFIT) of a
-# numeric value `x`; `{ok}` is the condition for OK once x is finite and fits.
-_STATE = """CASE WHEN {x} IS NULL THEN 0 WHEN {x} = 'NaN' THEN 3 WHEN {x} = 'Infinity' THEN 4
-     WHEN {x} = '-Infinity' THEN 5 WHEN scale({x}) > 6 OR abs({x}) >= 1e9 THEN 6
-     WHEN {ok} THEN 1 ELSE 2 END::int2"""
-_VALUE = """CASE WHEN {x} IS NULL OR {x} IN ('NaN', 'Infinity', '-Infinity') OR scale({x}) > 6
-     OR abs({x}) >= 1e9 THEN 0 ELSE ({x} * 1000000)::int8 END"""
+# State codes (rules: ABSENT, OK, NEGATIVE, NAN, INFINITY, MINUS_INFINITY, UNFIT) of a numeric
+# value `x`; `{ok}` is the condition for OK. The usual value is decided by the first tests:
+# PostgreSQL orders NaN above every number, so `x < 1e9` also rules out NaN and Infinity.
+_FITS = "{x} > -1e9 AND {x} < 1e9 AND scale({x}) <= 6"
+_STATE = """CASE WHEN {x} IS NULL THEN 0 WHEN {ok} AND {x} < 1e9 AND scale({x}) <= 6 THEN 1
+     WHEN {x} = 'NaN' THEN 3 WHEN {x} = 'Infinity' THEN 4 WHEN {x} = '-Infinity' THEN 5
+     WHEN {fits} THEN 2 ELSE 6 END::int2"""
 
 
 def _columns(x: str, ok: str) -> str:
-    return f"{_VALUE.format(x=x)}, {_STATE.format(x=x, ok=ok)}, coalesce(scale({x}), 0)::int2"
+    """Value in 10^-6 units (0 when it does not fit), state and scale of the numeric `x`."""
+    fits = _FITS.format(x=x)
+    value = f"CASE WHEN {fits} THEN ({x} * 1000000)::int8 ELSE 0 END"
+    return f"{value}, {_STATE.format(x=x, ok=ok, fits=fits)}, coalesce(scale({x}), 0)::int2"
 
 
 READ_OUT = f"""
 SELECT m.idx, r.reading_at, 0::int2,
        {_columns("r.register_kwh", "r.register_kwh >= 0")},
-       {_columns("r.power_w", "r.power_w <= m.max_kw * 1000 AND r.power_w >= 0")},
+       {_columns("r.power_w", "r.power_w >= 0 AND r.power_w <= m.max_kw * 1000")},
        r._file_id, r._record_no
 FROM {{staging}}.meter_readings r JOIN e_meters m USING (meter_id)
 WHERE r.reading_at >= m.window_from AND r.reading_at >= $1
 UNION ALL
 SELECT m.idx, s.reading_at, 1::int2, 0::int8, 0::int2, 0::int2,
-       {_columns("s.p", "s.p <= m.max_kw * 1000 AND s.p >= 0")},
+       {_columns("s.p", "s.p >= 0 AND s.p <= m.max_kw * 1000")},
        s._file_id, s._record_no
 FROM (
     -- Sensors measure current: power = voltage x power factor x the sum of the channels.

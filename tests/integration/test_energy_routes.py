@@ -220,3 +220,41 @@ def test_an_incremental_window_reads_the_readings_through_the_reading_at_index(
     ]
     assert "Bitmap Index Scan on meter_readings__reading_at" in plan
     assert "Bitmap Index Scan on sensor_readings__reading_at" in plan
+
+
+def test_invalid_and_out_of_range_values_are_the_same_anomalies_in_both_routes(
+    dsn: str, workdir: Path
+) -> None:
+    values = [
+        ("00:00", "10.5", None),
+        ("00:10", "NaN", "250.25"),
+        ("00:20", "Infinity", "NaN"),
+        ("00:30", "-1.50", "-Infinity"),
+        ("00:40", "11.000", "100000.001"),
+        ("00:50", "11.2", "Infinity"),
+        ("01:00", "11.2", "-0.5"),
+    ]
+    readings = [
+        {
+            "meter_id": "V",
+            "ts": f"2024-01-15T{hm}:00+00:00",
+            "register_kwh": kwh,
+            "power_w": w,
+            "ingest_seq": n,
+        }
+        for n, (hm, kwh, w) in enumerate(values, start=1)
+    ]
+
+    numpy_tables, sql_tables = run(_both_routes(dsn, make_settings(dsn, workdir), readings))
+
+    assert numpy_tables == sql_tables
+    assert [(r[2], r[3], r[6]) for r in numpy_tables["reading_anomalies"]] == [
+        ("register_kwh", "NaN", "INVALID"),
+        ("power_w", "NaN", "INVALID"),
+        ("register_kwh", "Infinity", "INVALID"),
+        ("power_w", "-Infinity", "INVALID"),
+        ("register_kwh", "-1.50", "INVALID"),
+        ("power_w", "100000.001", "OUT_OF_RANGE"),
+        ("power_w", "Infinity", "INVALID"),
+        ("power_w", "-0.5", "OUT_OF_RANGE"),
+    ]
