@@ -98,6 +98,7 @@ def jittered_meter(seed: int, meter: str) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**9), modulus=st.sampled_from([None, 100_000.0]))
 def test_numpy_route_equals_sql_route_on_messy_meters(
