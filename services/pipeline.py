@@ -21,7 +21,7 @@ from app.errorlog import log_error
 from app.schema import quote_ident
 from app.settings import Settings
 from app.sqlfiles import sql
-from services.energy import EnergyResult, MeterWindow, compute_energy
+from services.energy import EnergyResult, MeterWindow, compute_energy, summarize_reading_ranges
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ async def _energy_step(
     if files:
         touched = await conn.fetch(sql("pipeline/energy_windows.sql", settings), files)
         windows = [_window(r) for r in touched]
+        await summarize_reading_ranges(conn, settings)
         energy = await _compute_in_parallel(settings, db, windows)
         # Only now are the files done: had a group failed, they would all be recomputed next
         # time, which is harmless because every write is an idempotent upsert.

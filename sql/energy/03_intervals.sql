@@ -101,3 +101,10 @@ SELECT meter_id, min(interval_start) AS gap_start, max(interval_end) AS gap_end,
             ELSE 'GAP' END AS reason
 FROM missing
 GROUP BY meter_id, run;
+
+-- Checkpoints for later incremental runs: the last reading of each UTC day, when its incoming
+-- step was a plain one (not a reset, break or long gap), with the high-water mark there.
+CREATE TEMP TABLE e_checkpoints ON COMMIT DROP AS
+SELECT meter_id, t1 AS ts, source, v1 AS v, e_rel
+FROM e_steps
+WHERE day_end AND (t0 IS NULL OR (usable AND (source = 'power' OR cls IN ('NORMAL', 'NOISE', 'ROLLOVER'))));
