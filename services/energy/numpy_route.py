@@ -202,7 +202,25 @@ def sql_text(template: str, settings: Settings) -> str:
 async def _write(
     conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow], result: rules.Result
 ) -> EnergyResult:
+    """The results into the temp tables sql/energy/04_write.sql reads, then that write."""
     names = [w.meter_id for w in windows]
+    await _intervals_back(conn, result)
+    await _gaps_back(conn, names, result)
+    await _anomalies_back(conn, names, result.anomalies)
+    await _checkpoints_back(conn, names, result)
+    await conn.execute(sql("energy/04_write.sql", settings))
+    return EnergyResult(
+        len(np.unique(result.iv_meter)),
+        result.readings,
+        len(result.iv_start),
+        int((result.iv_quality == rules.MISSING).sum()),
+        len(result.gaps),
+        len(result.anomalies.reason),
+    )
+
+
+async def _intervals_back(conn: asyncpg.Connection, result: rules.Result) -> None:
+    """e_result: the half-hours by binary COPY, labelled with their settlement date and period."""
     await conn.execute(
         "CREATE TEMP TABLE e_result_n (idx int4, interval_start timestamptz, kwh_u int8, quality int2) "
         "ON COMMIT DROP"
@@ -241,6 +259,9 @@ async def _write(
         FROM e_result_n n JOIN e_meters m USING (idx) JOIN e_labels l USING (interval_start)
         """
     )
+
+
+async def _gaps_back(conn: asyncpg.Connection, names: list[str], result: rules.Result) -> None:
     await conn.execute(
         "CREATE TEMP TABLE e_gaps (meter_id text, gap_start timestamptz, gap_end timestamptz, "
         "kwh numeric, reason text) ON COMMIT DROP"
@@ -252,11 +273,13 @@ async def _write(
             for m, a, b, kwh, reason in result.gaps
         ],
     )
+
+
+async def _anomalies_back(conn: asyncpg.Connection, names: list[str], a: rules.Anomalies) -> None:
     await conn.execute(
         "CREATE TEMP TABLE e_anomalies (meter_id text, ts timestamptz, field text, value text, "
         "file_id bigint, record_no bigint, reason text) ON COMMIT DROP"
     )
-    a = result.anomalies
     await conn.copy_records_to_table(
         "e_anomalies",
         records=[
@@ -266,6 +289,9 @@ async def _write(
             )
         ],
     )
+
+
+async def _checkpoints_back(conn: asyncpg.Connection, names: list[str], result: rules.Result) -> None:
     await conn.execute(
         "CREATE TEMP TABLE e_checkpoints (meter_id text, ts timestamptz, source text, v numeric, "
         "e_rel numeric) ON COMMIT DROP"
@@ -277,16 +303,6 @@ async def _write(
             (names[m], _at(ts), "register", Decimal(v).scaleb(-6), Decimal(e).scaleb(-6))
             for m, ts, v, e in zip(c_meter.tolist(), c_ts.tolist(), c_v.tolist(), c_e.tolist(), strict=True)
         ],
-    )
-    await conn.execute(sql("energy/04_write.sql", settings))
-    meters = len(np.unique(result.iv_meter))
-    return EnergyResult(
-        meters,
-        result.readings,
-        len(result.iv_start),
-        int((result.iv_quality == rules.MISSING).sum()),
-        len(result.gaps),
-        len(a.reason),
     )
 
 

@@ -311,7 +311,10 @@ def _segmented_running_max(u: Array, start: Array) -> Array:
 
 
 def _half_hours(s: Steps) -> tuple[Array, Array, Array, Array, list[tuple[int, int, int, int, str]]]:
-    """Every half-hour a step overlaps, with its kWh and quality, and the gap records."""
+    """Every half-hour a step overlaps, with its kWh and quality, and the gap records.
+
+    One function of vectorised steps over the same arrays (longer than 50 lines on purpose:
+    split, each part would take and return a dozen of them)."""
     k = np.flatnonzero(~s.first)
     t1 = s.t1[k]
     t0 = t1 - s.dt[k]
