@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -46,6 +47,11 @@ WORK = Path(__file__).resolve().parent / "work"
 POLL_SECONDS = 0.005
 TIMEOUT_SECONDS = 300.0
 SPEED_UP_TARGET = 1.5
+# e.g. "2026-12-04 16:44:36,428 INFO    services.ingest.loader: loading NAME (#1) as meter_readings"
+_LOADER_LINE = re.compile(
+    r"(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO +services\.ingest\.loader: "
+    r"(?P<what>loading|loaded) (?P<name>\S+) \(#"
+)
 WARM_UP_ROWS = 1_000
 MODES = ("warm", "cold")
 
@@ -58,8 +64,8 @@ class ParallelRun:
     mode: str
     round_no: int
     seconds: float
-    overlapping_pairs: int  # pairs of loads whose transactions overlapped in time (ledger times)
-    load_spans_s: list[float] = field(default_factory=list)  # each file's received_at → loaded_at
+    overlapping_pairs: int  # pairs of loads that overlapped in time (the loader's log lines)
+    load_spans_s: list[float] = field(default_factory=list)  # each file's "loading" → "loaded" line
     watcher_peak_rss_mb: float = 0.0
     load_avg_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -125,8 +131,23 @@ async def _check_staging(dsn: str, rows: int, file_ids: list[int]) -> None:
             raise CheckFailed(f"file #{r['_file_id']}: _record_no is not 1…{rows}: {dict(r)}")
 
 
-def _overlapping_pairs(ledger: list[asyncpg.Record]) -> int:
-    spans = [(r["received_at"], r["loaded_at"]) for r in ledger]
+def load_spans(log_text: str, names: list[str]) -> list[tuple[datetime, datetime]]:
+    """(start, end) of each file's load from the loader's "loading NAME" and "loaded NAME" lines.
+
+    The ledger's received_at is when the watcher first saw the file, not when its load began."""
+    starts: dict[str, datetime] = {}
+    ends: dict[str, datetime] = {}
+    for line in log_text.splitlines():
+        match = _LOADER_LINE.match(line)
+        if match and match["name"] in names:
+            when = datetime.strptime(match["when"], "%Y-%m-%d %H:%M:%S,%f")
+            (starts if match["what"] == "loading" else ends)[match["name"]] = when
+    if set(starts) != set(names) or set(ends) != set(names):
+        raise CheckFailed(f"the watcher log lacks 'loading'/'loaded' lines of some of {names}")
+    return [(starts[n], ends[n]) for n in names]
+
+
+def overlapping_pairs(spans: list[tuple[datetime, datetime]]) -> int:
     return sum(
         1
         for i, (a_start, a_end) in enumerate(spans)
@@ -186,9 +207,16 @@ def one_run(
         bench.server.drop_database(name)
     if finished.exit_code != 0:
         raise CheckFailed(f"the watcher exited with {finished.exit_code}:\n{finished.output[-3000:]}")
-    spans = [(r["loaded_at"] - r["received_at"]).total_seconds() for r in ledger]
+    spans = load_spans(finished.output, [g.path.name for g in files])
     return ParallelRun(
-        workers, mode, round_no, seconds, _overlapping_pairs(ledger), spans, finished.peak_rss_mb, load_before
+        workers,
+        mode,
+        round_no,
+        seconds,
+        overlapping_pairs(spans),
+        [(end - start).total_seconds() for start, end in spans],
+        finished.peak_rss_mb,
+        load_before,
     )
 
 
