@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import report, source
 from benchmarks.datagen import Generated, ensure_meter_csv
-from benchmarks.latency import LatencyResult, measure_latency
+from benchmarks.latency import DROPS, LatencyResult, measure_latency, parse_drops
 from benchmarks.pandas_load import default_driver
 from benchmarks.pg import BenchServer
 from benchmarks.procs import load_average, machine, measurement_floor_mb
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-gaps",
         default="0.2,1.0",
         help="seconds between a commit and the next drop, one timed series each (0.2,1.0)",
+    )
+    parser.add_argument(
+        "--latency-drops",
+        type=parse_drops,
+        default=DROPS,
+        help="how each latency file arrives: rename (the target), write (in place); both by default",
     )
     parser.add_argument("--settle", type=float, default=2.0, help="WATCH_SETTLE_SECONDS of the watcher (2)")
     parser.add_argument(
@@ -191,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 f"watcher latency: {args.latency_files} drops of {args.latency_rows} rows for each gap {gaps}"
             )
-            latency = measure_latency(bench, args.latency_files, args.latency_rows, args.settle, gaps)
+            latency = measure_latency(
+                bench, args.latency_files, args.latency_rows, args.settle, gaps, args.latency_drops
+            )
             for series in latency:
-                log(f"  gap {series.gap_seconds:g} s: median {series.median:.3f} s, p95 {series.p95:.3f} s")
+                log(
+                    f"  {series.drop}, gap {series.gap_seconds:g} s: median {series.median:.3f} s, "
+                    f"p95 {series.p95:.3f} s"
+                )
     finally:
         server.stop()
     info["load_average_end"] = load_average()

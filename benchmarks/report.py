@@ -6,15 +6,20 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmarks.latency import LatencyResult
+from benchmarks.latency import DROP_LABELS, LatencyResult
 from benchmarks.scenarios import Run
 
-CLEAN_RATIO_TARGET = 1.3
-BAD_RATIO_TARGET = 3.0
-RSS_TARGET_MB = 150.0
+# DESIGN §10 as raised by issue 16. "Net of start-up" is measured as the ingest in a running
+# process (what the watcher does per file); the whole process includes start-up.
+CLEAN_RATIO_TARGET_NET = 1.2
+CLEAN_RATIO_TARGET_WHOLE = 1.6
+BAD_RATIO_TARGET_NET = 2.0
+RSS_TARGET_MB = 100.0  # CSV at 1M and 5M rows; 150 MB is the limit for anything else
 RSS_FLAT_TOLERANCE_MB = 15.0  # "flat": the bigger file may cost at most this much more
-LATENCY_MEDIAN_TARGET_S = 0.3
-LATENCY_P95_TARGET_S = 1.0
+# Drop → committed of a 1,000-row file renamed into the folder. Files written in place are
+# reported beside it without a target.
+LATENCY_MEDIAN_TARGET_S = 0.15
+LATENCY_P95_TARGET_S = 0.3
 
 LABELS = {
     "psql_copy": "psql \\copy (baseline)",
@@ -129,7 +134,7 @@ def latency_table(results: Sequence[LatencyResult]) -> list[str]:
     first = results[0]
     lines = [
         f"| {first.rows_per_file:,}-row files, WATCH_SETTLE_SECONDS={first.settle_seconds:g} | "
-        + " | ".join(f"next drop {r.gap_seconds:g} s after a commit" for r in results)
+        + " | ".join(f"{DROP_LABELS[r.drop]}, next drop {r.gap_seconds:g} s after a commit" for r in results)
         + " |",
         "|---|" + "---:|" * len(results),
     ]
@@ -154,10 +159,9 @@ def targets_table(
     lines = ["| DESIGN §10 target | measured | limit | verdict |", "|---|---:|---:|---|"]
     copy = summarise(main["psql_copy"]).median_s if main.get("psql_copy") else None
     ratios = (
-        ("loadbay_clean", "clean file, whole `main.py --ingest` process", CLEAN_RATIO_TARGET),
-        ("loadbay_clean_warm", "clean file, ingest in a running process", CLEAN_RATIO_TARGET),
-        ("loadbay_bad", "1 % bad rows, whole `main.py --ingest` process", BAD_RATIO_TARGET),
-        ("loadbay_bad_warm", "1 % bad rows, ingest in a running process", BAD_RATIO_TARGET),
+        ("loadbay_clean", "clean file, whole `main.py --ingest` process", CLEAN_RATIO_TARGET_WHOLE),
+        ("loadbay_clean_warm", "clean file, net of start-up (in a running process)", CLEAN_RATIO_TARGET_NET),
+        ("loadbay_bad_warm", "1 % bad rows, net of start-up (in a running process)", BAD_RATIO_TARGET_NET),
     )
     for scenario, what, limit in ratios:
         if copy and main.get(scenario):
@@ -187,14 +191,21 @@ def targets_table(
                 f"| RSS growth, bigger file ({scenario.removeprefix('loadbay_')}) | {growth:+.0f} MB | "
                 f"≤ {RSS_FLAT_TOLERANCE_MB:.0f} MB (flat) | {_verdict(growth <= RSS_FLAT_TOLERANCE_MB)} |"
             )
+    return lines + latency_targets(latency)[2:]
+
+
+def latency_targets(latency: Sequence[LatencyResult]) -> list[str]:
+    """Verdicts for the renamed-in series; a file written in place has no target of its own."""
+    lines = ["| DESIGN §10 target | measured | limit | verdict |", "|---|---:|---:|---|"]
     for series in latency:
-        when = f"next drop {series.gap_seconds:g} s after a commit"
-        lines.append(
-            f"| drop → committed, median ({when}) | {series.median:.3f} s | ≤ {LATENCY_MEDIAN_TARGET_S} s | "
-            f"{_verdict(series.median <= LATENCY_MEDIAN_TARGET_S)} |"
+        when = (
+            f"{series.rows_per_file:,}-row file {DROP_LABELS[series.drop]}, "
+            f"next drop {series.gap_seconds:g} s after a commit"
         )
-        lines.append(
-            f"| drop → committed, p95 ({when}) | {series.p95:.3f} s | ≤ {LATENCY_P95_TARGET_S} s | "
-            f"{_verdict(series.p95 <= LATENCY_P95_TARGET_S)} |"
-        )
+        for what, value, limit in (
+            ("median", series.median, LATENCY_MEDIAN_TARGET_S),
+            ("p95", series.p95, LATENCY_P95_TARGET_S),
+        ):
+            verdict = _verdict(value <= limit) if series.drop == "rename" else "for information"
+            lines.append(f"| drop → committed, {what} ({when}) | {value:.3f} s | ≤ {limit} s | {verdict} |")
     return lines

@@ -139,7 +139,8 @@ class Scenarios:
             env = dict(os.environ)
             if into_staging:
                 table = "staging.meter_readings"
-                env["PGOPTIONS"] = "-c loadbay.file_id=1"  # what the staging table's default reads
+                # What the staging table's defaults read: _record_no is nextval minus the base.
+                env["PGOPTIONS"] = "-c loadbay.file_id=1 -c loadbay.record_base=0"
                 execute(dsn, "SELECT setval('staging.meter_readings__record_no', 1, false)")
             else:
                 table = BASELINE_TABLE
