@@ -39,9 +39,11 @@ def sqlalchemy_url(dsn: str) -> str:
     return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
 
 
-# Values of a staging table's record sequence a session takes at once: more than any file has
-# records, so one load's values are consecutive (2^31: a session may start 4 billion times).
-RECORD_CACHE = 2**31 - 1
+# Values of a staging table's record sequence a session takes at once, so that one load's values
+# are consecutive. PostgreSQL fills a session's block one value at a time on its first nextval:
+# 2^24 costs about 15 ms a new connection (2^31 cost 1.9 s). A load that runs past the end of
+# its session's block has its records numbered again (services/ingest/csv_format.py).
+RECORD_CACHE = 2**24
 
 
 def record_sequence(schema: str, dataset: DatasetSpec) -> str:
@@ -69,9 +71,9 @@ def staging_ddl(schema: str, dataset: DatasetSpec) -> list[str]:
     record_no = f"nextval('{sequence}') - current_setting('loadbay.record_base')::bigint"
     statements = [
         # COPY numbers a file's records 1, 2, 3… without a Python loop and without a table lock:
-        # each session caches a block of 2^31 successive values of the sequence, so the values a
-        # load draws are consecutive; the load notes the value before its first record in
-        # loadbay.record_base (services/ingest/csv_format.py). Loads of one table overlap.
+        # each session caches a block of RECORD_CACHE successive values of the sequence, so the
+        # values a load draws are consecutive; the load notes the value before its first record
+        # in loadbay.record_base (services/ingest/csv_format.py). Loads of one table overlap.
         f"CREATE SEQUENCE IF NOT EXISTS {sequence} CACHE {RECORD_CACHE}",
         f"ALTER SEQUENCE {sequence} CACHE {RECORD_CACHE}",
         f"""CREATE TABLE IF NOT EXISTS {table} (

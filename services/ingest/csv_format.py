@@ -134,8 +134,8 @@ async def copy_direct(conn: asyncpg.Connection, stream: Stream, header: HeaderMa
     rows = await copy_fast(conn, stream, header, target)
     last = await conn.fetchval("SELECT nextval($1::regclass)", sequence)
     if last != base + rows + 1:
-        # The session's block of values ran out mid-file (after 2 billion records on one
-        # connection): number this file's records again, in their order.
+        # The session's block of values (RECORD_CACHE) ran out mid-file: number this file's
+        # records again, in their order.
         await _renumber(conn, target)
     return rows
 
