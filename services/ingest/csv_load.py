@@ -37,6 +37,7 @@ from services.ingest.rows import (
     Target,
     Value,
     check_ratio,
+    chunks_of,
     prefetched,
     stop_early_if_hopeless,
     writes_numbers_its_own_way,
@@ -497,20 +498,10 @@ class CsvRows:
         return None
 
     def chunks(self, reader: RecordReader, first_record: int = 0) -> Iterator[Chunk]:
-        chunk = Chunk()
-        record_no = first_record
-        for record in reader.records():
-            record_no += 1
-            chunk.records += 1
-            row = self._row(reader, record, record_no)
-            if isinstance(row, Reject):
-                chunk.rejects.append(row)
-            else:
-                chunk.add(row, record_no, reader.start_line, None)
-            if chunk.full():
-                yield chunk
-                chunk = Chunk()
-        yield chunk
+        return chunks_of(
+            (record_no, reader.start_line, self._row(reader, record, record_no))
+            for record_no, record in enumerate(reader.records(), start=first_record + 1)
+        )
 
     def _row(self, reader: RecordReader, record: list[str], record_no: int) -> list[Value] | Reject:
         line_no = reader.start_line

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import accumulate
@@ -425,3 +425,19 @@ def check_ratio(stats: LoadStats, target: Target, partial: bool = False) -> None
 
 def _order(reject: Reject) -> int:
     return reject.record_no or 0
+
+
+def chunks_of(built: Iterable[tuple[int, int | None, list[Value] | Reject]]) -> Iterator[Chunk]:
+    """Chunks of rows (and the rejects among them) from (record_no, line_no, row or reject)
+    items; a chunk is full with CHUNK_ROWS rows and rejects together."""
+    chunk = Chunk()
+    for record_no, line_no, row in built:
+        chunk.records += 1
+        if isinstance(row, Reject):
+            chunk.rejects.append(row)
+        else:
+            chunk.add(row, record_no, line_no, None)
+        if chunk.full():
+            yield chunk
+            chunk = Chunk()
+    yield chunk

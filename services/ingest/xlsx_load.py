@@ -30,6 +30,7 @@ from services.ingest.rows import (
     RowPlan,
     Target,
     check_ratio,
+    chunks_of,
     prefetched,
     stop_early_if_hopeless,
 )
@@ -121,18 +122,11 @@ class SheetRows:
         self.dataset = target.dataset.name
 
     def chunks(self) -> Iterator[Chunk]:
-        chunk = Chunk()
-        for record_no, row in enumerate(self.sheet.rows, start=1):
-            chunk.records += 1
-            built = self._row(row, record_no)
-            if isinstance(built, Reject):
-                chunk.rejects.append(built)
-            else:
-                chunk.add(built, record_no, row.number, None)
-            if chunk.full():
-                yield chunk
-                chunk = Chunk()
-        yield chunk
+        """The sheet's rows as chunks for COPY, each row built or rejected with its cell."""
+        return chunks_of(
+            (record_no, row.number, self._row(row, record_no))
+            for record_no, row in enumerate(self.sheet.rows, start=1)
+        )
 
     def _row(self, row: SheetRow, record_no: int) -> list[str | int | None] | Reject:
         first, width = self.sheet.first_column, len(self.sheet.fields)
