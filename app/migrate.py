@@ -42,6 +42,8 @@ def head_revision() -> str:
 
 
 async def schema_is_current(conn: asyncpg.Connection, settings: Settings, registry: DatasetRegistry) -> bool:
+    """One query: the stored revision is the newest migration and every staging table carries
+    its declaration's mark."""
     tables = [table_name(settings.staging_schema, d.table) for d in registry.datasets]
     try:
         row = await conn.fetchrow(_CURRENT_STATE, tables)

@@ -48,6 +48,8 @@ class MeterWindow:
 
 @dataclass(frozen=True)
 class EnergyResult:
+    """What an energy run computed: meters, readings, half-hours, missing ones, gaps, anomalies, seconds."""
+
     meters: int = 0
     readings: int = 0
     intervals: int = 0
@@ -105,6 +107,7 @@ async def summarize_reading_ranges(conn: asyncpg.Connection, settings: Settings)
 
 
 async def sql_route(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> EnergyResult:
+    """The energy rules in SQL (sql/energy/*), for the meters the numpy route does not take."""
     await create_parameters(conn, settings, windows)
     for step in STEPS:
         await conn.execute(sql(step, settings))
@@ -142,6 +145,7 @@ _TEMP_TABLES = (
 
 
 async def drop_temp_tables(conn: asyncpg.Connection) -> None:
+    """Drop the energy step's temp tables, so the next group of meters starts clean."""
     await conn.execute(f"DROP TABLE IF EXISTS {', '.join('pg_temp.' + t for t in _TEMP_TABLES)}")
 
 
@@ -157,6 +161,7 @@ def micro(value: Any) -> int | None:
 
 
 async def create_parameters(conn: asyncpg.Connection, settings: Settings, windows: list[MeterWindow]) -> None:
+    """e_params and e_meters: the energy settings and each meter's window, for the SQL steps."""
     await conn.execute(
         """
         CREATE TEMP TABLE e_params ON COMMIT DROP AS

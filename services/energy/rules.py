@@ -41,6 +41,8 @@ NORMAL, NOISE, ROLLOVER, RESET, BREAK = range(1, 6)
 
 @dataclass(frozen=True)
 class Params:
+    """The energy settings in the numpy route's units (micro-kWh, microseconds)."""
+
     noise: int  # micro-kWh
     max_actual_us: int
     max_interp_us: int
@@ -77,6 +79,8 @@ class Readings:
 
 @dataclass
 class Anomalies:
+    """Readings set aside, column by column, as warehouse.reading_anomalies takes them."""
+
     meter: list[int]
     ts: list[int]
     field: list[str]
@@ -88,6 +92,8 @@ class Anomalies:
 
 @dataclass(frozen=True)
 class Result:
+    """What the rules produce: half-hours, gaps, anomalies and checkpoints, as arrays."""
+
     readings: int
     # Half-hours: meter, start (us), kwh (micro-kWh, -1 for NULL), quality code.
     iv_meter: Array
@@ -142,6 +148,7 @@ def group_starts(*keys: Array) -> Array:
 
 
 def compute(readings: Readings, meters: Meters, params: Params) -> Result:
+    """The energy rules on the readings of a group of meters: exact, in int64 micro-units."""
     anomalies = Anomalies([], [], [], [], [], [], [])
     _invalid_values(readings, anomalies)
     kept = _deduplicated(readings, anomalies)

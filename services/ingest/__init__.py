@@ -41,13 +41,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IngestResult:
+    """What an --ingest run did: one outcome a file."""
+
     outcomes: list[FileOutcome] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
+        """How many files failed."""
         return sum(o.failed for o in self.outcomes)
 
     def count(self, status: str) -> int:
+        """How many files ended with `status`."""
         return sum(o.status == status for o in self.outcomes)
 
 
@@ -72,6 +76,7 @@ def pending_files(folder: Path) -> list[Path]:
 
 
 def expand(paths: list[Path]) -> list[Path]:
+    """The given paths, each folder replaced by its pending files."""
     files: list[Path] = []
     for path in paths:
         files.extend(pending_files(path) if path.is_dir() and not path.is_symlink() else [path])

@@ -63,6 +63,7 @@ class ClaimedFile:
 
     @property
     def name(self) -> str:
+        """The file's name as the ledger and the logs show it."""
         return display_name(self.path.name)
 
     def check_unchanged(self) -> None:
@@ -157,6 +158,7 @@ async def _move_failed(
 
 
 def gave_up(file: ClaimedFile, tried: ledger.Tries) -> GaveUp:
+    """The failure of a file whose tries all ended in an unexpected error."""
     return GaveUp(
         f"loading it failed {tried.attempts} times; last error {tried.error_type}: {tried.last_error}",
         hint="Keep the file and its .error.json for a bug report; drop the file again to retry "

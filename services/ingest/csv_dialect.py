@@ -31,15 +31,19 @@ _BOMS = (
 
 @dataclass(frozen=True)
 class Dialect:
+    """How a delimited file separates and quotes its fields."""
+
     delimiter: str = ","
     quote: str = '"'
 
     @classmethod
     def of(cls, dataset: DatasetSpec) -> Dialect:
+        """The dialect a dataset declares (`,` and `"` unless it says otherwise)."""
         return cls(dataset.delimiter or ",", dataset.quote)
 
     @property
     def is_default(self) -> bool:
+        """Comma-separated with double quotes: the byte-level lane can read it."""
         return self.delimiter == "," and self.quote == '"'
 
 
@@ -133,6 +137,7 @@ def effective_encoding(head: bytes, declared: str) -> str:
 
 
 def needs_transcoding(encoding: str) -> bool:
+    """The encoding is not ASCII-compatible (UTF-16, UTF-32): it is transcoded to UTF-8 as it streams."""
     return not is_ascii_compatible(encoding)
 
 

@@ -40,11 +40,14 @@ _SAMPLE_BYTES = 1 << 18  # what the encoding detector reads of a file that faile
 
 
 class CsvFormat:
+    """Delimited text (.csv, .tsv, .txt): COPY fast path, robust path with rejects."""
+
     kind = "csv"
     extensions = (".csv", ".tsv", ".txt")
     compressible = True
 
     def field_names(self, source: Source, dataset: DatasetSpec | None) -> list[str]:
+        """The header line's fields, for detection by header."""
         stream = source.stream()
         declared = dataset.encoding if dataset else "utf-8"
         marked = bom_encoding(stream.peek(4)) is not None
@@ -59,6 +62,7 @@ class CsvFormat:
     async def load(
         self, conn: asyncpg.Connection, source: Source, target: Target, registry: DatasetRegistry
     ) -> LoadStats:
+        """Load the file into its staging table, rejecting bad rows as it goes."""
         stream = source.stream()
         read_as = target.for_dataset(_as_read(stream, target.dataset, source.label))
         try:

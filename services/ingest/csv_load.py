@@ -64,6 +64,7 @@ PG_ENCODINGS = {
 
 
 def read_header(stream: Stream, encoding: str, label: str, dialect: Dialect = COMMA) -> list[str]:
+    """The header line's fields (CR-only files read CR as LF); MalformedFile if it is no header."""
     return parse_header(read_header_line(stream, encoding, label), dialect, label)
 
 
@@ -91,6 +92,7 @@ def read_header_line(stream: Stream, encoding: str, label: str) -> str:
 
 
 def parse_header(text: str, dialect: Dialect, label: str) -> list[str]:
+    """The fields of a decoded header line, by the dialect."""
     if scan_quotes(text, False, dialect)[0]:
         raise MalformedFile(
             "the header line has an unterminated quote", hint="Fix the header", file_name=label, line_no=1
@@ -498,6 +500,7 @@ class CsvRows:
         return None
 
     def chunks(self, reader: RecordReader, first_record: int = 0) -> Iterator[Chunk]:
+        """Chunks of staging rows (and rejects) from the general reader's records."""
         return chunks_of(
             (record_no, reader.start_line, self._row(reader, record, record_no))
             for record_no, record in enumerate(reader.records(), start=first_record + 1)
@@ -522,6 +525,7 @@ class CsvRows:
 async def copy_robust(
     conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target, size: int
 ) -> LoadStats:
+    """The robust path: every good row loaded, every bad one recorded with where it was."""
     rows = CsvRows(header, target)
     stats = LoadStats(path="robust")
     produced = (
@@ -545,6 +549,7 @@ async def load_chunks(
     stream: Stream,
     size: int,
 ) -> None:
+    """COPY each chunk as it is produced, record its rejects, stop early when the file is hopeless."""
     async with aclosing(prefetched(produced)) as chunks:
         async for chunk in chunks:
             loaded, refused = await copier.copy(chunk)

@@ -54,6 +54,7 @@ class FileIdentity:
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileIdentity:
+        """The identity in a stat result."""
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -63,6 +64,7 @@ def open_no_follow(path: Path) -> int:
 
 
 def hash_fd(fd: int) -> tuple[str, FileIdentity]:
+    """The SHA-256 of the open file and its identity before hashing."""
     digest = hashlib.sha256()
     before = FileIdentity.of(os.fstat(fd))
     os.lseek(fd, 0, os.SEEK_SET)
@@ -73,6 +75,7 @@ def hash_fd(fd: int) -> tuple[str, FileIdentity]:
 
 
 def still_there(path: Path, identity: FileIdentity) -> bool:
+    """The file under `path` is still the one with `identity` (not moved, replaced or changed)."""
     try:
         return FileIdentity.of(os.lstat(path)) == identity
     except FileNotFoundError:

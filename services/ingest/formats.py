@@ -96,4 +96,5 @@ def format_of(name: str) -> FileFormat:
 
 
 def format_named(fmt: FileFormat) -> Format:
+    """The format module of a file format."""
     return _BY_KIND[fmt.kind]

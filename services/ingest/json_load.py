@@ -395,6 +395,7 @@ def _with_raw(reject: Reject, item: object) -> Reject:
 async def copy_json(
     conn: asyncpg.Connection, stream: Stream, fmt: FileFormat, target: Target, registry: DatasetRegistry
 ) -> LoadStats:
+    """Load a JSON or NDJSON stream into staging (and its child datasets), with rejects."""
     rows = JsonRows(target, registry)
     source = JsonSource(stream, fmt, target.label)
     copier = RobustCopy(conn, rows.plan)
@@ -440,11 +441,13 @@ class JsonFormat:
         self.extensions = extensions
 
     def field_names(self, source: Source, dataset: DatasetSpec | None) -> list[str]:
+        """The first record's flattened field names, for detection by header."""
         return first_record_keys(source.stream(), source.fmt, source.label)
 
     async def load(
         self, conn: asyncpg.Connection, source: Source, target: Target, registry: DatasetRegistry
     ) -> LoadStats:
+        """Load the file's records into staging, rejecting bad ones as it goes."""
         stream = source.stream()
         stats = await copy_json(conn, stream, source.fmt, target, registry)
         # The bytes loaded must be the bytes hashed: a file still being written is taken again later.

@@ -15,6 +15,7 @@ from services.ingest.rows import Reject
 
 
 async def find_loaded(conn: asyncpg.Connection, dataset: str, sha256: str) -> asyncpg.Record | None:
+    """The loaded ledger row of these bytes in this dataset, if any."""
     return await conn.fetchrow(
         """
         SELECT id, name, status, moved_to FROM ingest.files
@@ -49,6 +50,7 @@ async def insert_file(
     duplicate_of: int | None = None,
     source: str = "drop",
 ) -> int:
+    """A new ledger row; its id is the file's id everywhere else."""
     file_id: int = await conn.fetchval(
         """
         INSERT INTO ingest.files
@@ -77,6 +79,7 @@ async def finish_load(
     rows_rejected: int,
     warnings: list[dict[str, object]],
 ) -> Literal["loaded", "loaded_with_rejects"]:
+    """Record the load's rows, rejects and warnings; its status follows from the rejects."""
     status: Literal["loaded", "loaded_with_rejects"] = "loaded_with_rejects" if rows_rejected else "loaded"
     await conn.execute(
         """
@@ -111,6 +114,7 @@ def _reject_records(file_id: int, rejects: Iterable[Reject]) -> Iterable[tuple[o
 
 
 async def set_moved(conn: asyncpg.Connection, file_id: int, moved_to: str) -> None:
+    """Record where the file was moved (`processed/` or `failed/`)."""
     await conn.execute("UPDATE ingest.files SET moved_to = $2 WHERE id = $1", file_id, display_name(moved_to))
 
 

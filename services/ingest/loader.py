@@ -215,6 +215,7 @@ class Loader:
 async def load_file(
     conn: asyncpg.Connection, file: ClaimedFile, fmt: FileFormat, target: Target, registry: DatasetRegistry
 ) -> LoadStats:
+    """Load a claimed file through its format module, inside the load's transaction."""
     await conn.execute(
         "SELECT set_config('loadbay.file_id', $1, true), set_config('TimeZone', $2, true), "
         "set_config('DateStyle', 'ISO, YMD', true)",

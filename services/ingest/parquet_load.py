@@ -60,6 +60,7 @@ _HINT = "Write the file again (it may be cut off), or give it the extension of w
 
 
 def open_parquet(source: Source) -> pq.ParquetFile:
+    """The Parquet file behind the descriptor; MalformedFile when it is not Parquet."""
     reader = source.random_access()
     head = reader.read(4)
     reader.seek(-4, io.SEEK_END)
@@ -88,11 +89,14 @@ def open_parquet(source: Source) -> pq.ParquetFile:
 
 
 class ParquetFormat:
+    """Parquet (.parquet): record batches through pread, COPY lines written by Arrow."""
+
     kind = "parquet"
     extensions = (".parquet",)
     compressible = False
 
     def field_names(self, source: Source, dataset: DatasetSpec | None) -> list[str]:
+        """The file's column names, for detection by header."""
         return list(open_parquet(source).schema_arrow.names)
 
     async def load(
@@ -206,6 +210,7 @@ class BatchRows:
         self._naive_zone = ZoneInfo(self.zone) if in_utc and is_fixed_offset(self.zone) else None
 
     def chunks(self, parquet: pq.ParquetFile, label: str) -> Iterator[Chunk]:
+        """The file's batches as chunks for COPY, each row numbered as in the file."""
         import pyarrow as pa
 
         first = 1
@@ -345,10 +350,12 @@ class LinesChunk(Chunk):
         self._block = block
 
     def payload(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The COPY lines of rows `start` to `stop`."""
         lines: _Lines = self.rows  # type: ignore[assignment]
         return self._block[lines.offset(start) : lines.offset(len(lines) if stop is None else stop)]
 
     def row_at_line(self, line: int, start: int) -> int:
+        """The row a COPY line names (one line a row)."""
         return start + max(line, 1) - 1  # one line a row
 
 

@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Reject:
+    """One bad row: record, line, column, value and why, as ingest.rejected_rows keeps it."""
+
     record_no: int | None
     line_no: int | None
     column: str | None
@@ -54,6 +56,7 @@ class Reject:
     raw: str | None = None
 
     def summary(self) -> str:
+        """The reject in a few words, for the ledger's error text."""
         where = f"record {self.record_no}" + (f" (line {self.line_no})" if self.line_no else "")
         column = f", column {self.column}" if self.column else ""
         return f"{where}{column}: {self.reason}"
@@ -61,6 +64,8 @@ class Reject:
 
 @dataclass
 class LoadStats:
+    """What a load did: rows loaded and rejected, records read, warnings, the path taken."""
+
     rows_loaded: int = 0
     records: int = 0
     rows_rejected: int = 0
@@ -87,6 +92,7 @@ class Target:
     max_reject_ratio: float
 
     def for_dataset(self, dataset: DatasetSpec) -> Target:
+        """The same target for a child dataset (a shipment's packages)."""
         return Target(
             self.schema, dataset, self.file_id, self.label, self.source_timezone, self.max_reject_ratio
         )
@@ -170,6 +176,7 @@ class Chunk:
     _line_ends: list[int] | None = field(default=None, repr=False)
 
     def add(self, row: list[Value] | bytes, record_no: int, line_no: int | None, raw: object) -> None:
+        """One more row, with its record and line."""
         self.rows.append(row)
         self.record_nos.append(record_no)
         self.line_nos.append(line_no)
@@ -189,6 +196,7 @@ class Chunk:
         return len(self.rows) + len(self.rejects) >= CHUNK_ROWS
 
     def payload(self, start: int = 0, stop: int | None = None) -> bytes:
+        """Rows `start` to `stop` as COPY's CSV."""
         parts: list[bytes] = []
         pending: list[list[Value]] = []
         for row in self.rows[start:stop]:
@@ -403,6 +411,7 @@ def stop_early_if_hopeless(stats: LoadStats, read: int, size: int, target: Targe
 
 
 def check_ratio(stats: LoadStats, target: Target, partial: bool = False) -> None:
+    """Raise TooManyRejects (or EmptyFile) when the file's bad rows are above its limit."""
     records = stats.records
     if records == 0:
         raise EmptyFile(

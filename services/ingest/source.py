@@ -83,6 +83,7 @@ class Stream:
         self.transcoded_from: str | None = None
 
     def read(self, n: int = READ_SIZE) -> bytes:
+        """Up to `n` bytes of the (decompressed) content."""
         try:
             return self._inner.read(n)
         except (OSError, EOFError, zlib.error) as exc:
@@ -149,6 +150,7 @@ class Stream:
             pass
 
     def verify(self, sha256: str) -> None:
+        """Read to the end and raise FileChanged unless the bytes are the ones hashed."""
         self.drain()
         self.raw.verify(sha256)
 
@@ -188,12 +190,14 @@ def numbered_lines(
 
 
 def line_too_long(line_no: int, limit: int, label: str, hint: str) -> MalformedFile:
+    """The error for a line longer than `limit` bytes."""
     return MalformedFile(
         f"line {line_no} is longer than {limit >> 20} MiB", hint=hint, file_name=label, line_no=line_no
     )
 
 
 def decode_line(raw: bytes, encoding: str, line_no: int, label: str) -> str:
+    """A line as text in `encoding`; EncodingError naming the byte, line and position."""
     codec = "utf-8-sig" if line_no == 1 and codecs.lookup(encoding).name == "utf-8" else encoding
     try:
         return raw.decode(codec)

@@ -34,6 +34,7 @@ def is_fixed_offset(zone_name: str) -> bool:
 
 
 def has_offset(value: str) -> bool:
+    """The timestamp text carries a UTC offset (`Z`, `+01:00`)."""
     return bool(_OFFSET.search(value.strip()))
 
 
@@ -78,6 +79,8 @@ def timestamp_converter(zone_name: str, formats: tuple[str, ...]) -> Converter:
 
 
 def date_converter(formats: tuple[str, ...]) -> Converter:
+    """A converter that reads dates in the column's declared formats as ISO dates."""
+
     def convert(value: str) -> str:
         text = value.strip()
         for fmt in formats:

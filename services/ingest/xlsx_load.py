@@ -50,11 +50,13 @@ class Sheet:
 
     @property
     def span(self) -> str:
+        """The header's columns as Excel names them (`A:M`)."""
         last = self.first_column + len(self.fields) - 1
         return f"{column_letter(self.first_column)}:{column_letter(last)}"
 
 
 def open_sheet(source: Source, dataset: DatasetSpec | None) -> Sheet:
+    """The dataset's sheet (or the first) with its header row found."""
     book = Workbook(io.BufferedReader(source.random_access(), buffer_size=1 << 16), source.label)
     name, part = book.sheet_part(dataset.sheet if dataset else None)
     rows = book.rows(part, book.shared_strings())
@@ -77,16 +79,20 @@ def open_sheet(source: Source, dataset: DatasetSpec | None) -> Sheet:
 
 
 class XlsxFormat:
+    """Excel workbooks (.xlsx, .xlsm): a streaming reader, cells as they show."""
+
     kind = "xlsx"
     extensions = (".xlsx", ".xlsm")
     compressible = False
 
     def field_names(self, source: Source, dataset: DatasetSpec | None) -> list[str]:
+        """The header row's names, for detection by header."""
         return open_sheet(source, dataset).fields
 
     async def load(
         self, conn: asyncpg.Connection, source: Source, target: Target, registry: DatasetRegistry
     ) -> LoadStats:
+        """Load the sheet's rows into staging, rejects named by their cell."""
         sheet = open_sheet(source, target.dataset)
         header = map_header(sheet.fields, target.dataset, target.label)
         rows = SheetRows(sheet, header, target)

@@ -48,6 +48,8 @@ Cell = str | CellError | None
 
 @dataclass(frozen=True)
 class SheetRow:
+    """One row of a sheet: its number and its non-empty cells."""
+
     number: int  # as Excel numbers rows, from 1
     cells: dict[int, Cell]  # column index from 0 → value as text (empty cells absent)
 
@@ -180,6 +182,7 @@ class Workbook:
         )
 
     def shared_strings(self) -> SharedStrings:
+        """The workbook's shared strings, read within their size guard."""
         strings = SharedStrings()
         if self._strings_part is None or self._strings_part not in self._parts:
             return strings
@@ -281,6 +284,7 @@ class SharedStrings:
         self._length = 0
 
     def add(self, text: str) -> None:
+        """One more shared string."""
         self._parts.append(text)
         self._length += len(text)
         self._ends.append(self._length)
@@ -289,6 +293,7 @@ class SharedStrings:
             self._parts = []
 
     def seal(self) -> None:
+        """No more strings: pack the last ones."""
         self._text += "".join(self._parts)
         self._parts = []
 
