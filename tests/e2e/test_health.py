@@ -121,6 +121,7 @@ def test_health_port_0_serves_nothing(dsn: str, workdir: Path, watchers: Watcher
     assert watcher.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_file_held_open_by_its_writer_is_counted_as_waiting_until_it_is_closed(
     dsn: str, workdir: Path, watchers: Watchers
 ) -> None:

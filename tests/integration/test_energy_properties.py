@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +103,7 @@ async def _compute(
         await conn.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**9), modulus=st.sampled_from([None, 100_000.0]))
 def test_no_half_hour_is_ever_negative(dsn: str, workdir: Path, seed: int, modulus: float | None) -> None:

@@ -314,6 +314,7 @@ def test_a_gibibyte_record_in_a_json_gzip_fails_in_bounded_memory(
     assert (settings.imports_dir / "failed" / "meter_huge_record.json.gz").exists()
 
 
+@pytest.mark.slow
 def test_a_record_just_under_the_limit_loads(settings: Settings, dsn: str) -> None:
     record = {"meter_id": "M1", "reading_at": "2024-01-01T00:00:00Z", "power_w": 5, "note": "x" * (15 << 20)}
     path = drop(
