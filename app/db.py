@@ -27,9 +27,10 @@ T = TypeVar("T")
 _DRIVER_SUFFIX = re.compile(r"^postgres(?:ql)?(\+[a-z0-9_]+)?://", re.IGNORECASE)
 EMBEDDED_DATABASE = "loadbay"
 
-# SQLSTATE classes that mean "the server is not there right now", not "your input is wrong":
-# 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+# SQLSTATE classes that mean "try again later", not "your input is wrong": 08 connection
+# exception, 40 transaction rollback (a deadlock or serialization failure between concurrent
+# loads), 53 insufficient resources, 57 operator intervention (shutdown).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 
 
 _NETWORK_ERRNOS = {

@@ -176,7 +176,14 @@ class WaitingFiles:
             if self.health is not None:
                 self.health.folders(str(exc))
         else:
-            shown = f"PostgreSQL is not reachable ({exc})" if reason == "database" else exc
+            shown: object = exc
+            if reason == "database":
+                retry = str(getattr(exc, "sqlstate", "") or "").startswith("40")
+                shown = (
+                    f"PostgreSQL asked to try again ({exc})"
+                    if retry
+                    else f"PostgreSQL is not reachable ({exc})"
+                )
             level = logging.INFO if reason == "writer_open" else logging.WARNING
             log.log(level, "%s will be tried again in %.0f s: %s", name, delay, shown)
         self._report()

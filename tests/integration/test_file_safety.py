@@ -261,6 +261,7 @@ def test_a_file_name_with_bytes_that_are_not_utf8_loads_under_an_escaped_name(
         (OSError(errno.ENOSPC, "No space left on device", "imports/processed/x.csv"), False),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "imports/x.csv"), False),
         (asyncpg.UndefinedTableError("relation does not exist"), False),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), True),
         (RecursionError("maximum recursion depth exceeded"), False),
     ],
 )
