@@ -131,11 +131,6 @@ ENCODING_HINT = (
 )
 
 
-def effective_encoding(head: bytes, declared: str) -> str:
-    """The encoding the file is read in: a BOM's, else the declared one."""
-    return bom_encoding(head) or declared
-
-
 def needs_transcoding(encoding: str) -> bool:
     """The encoding is not ASCII-compatible (UTF-16, UTF-32): it is transcoded to UTF-8 as it streams."""
     return not is_ascii_compatible(encoding)

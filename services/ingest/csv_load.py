@@ -155,11 +155,6 @@ def map_header(fields: list[str], dataset: DatasetSpec, label: str) -> HeaderMap
         ) from None
 
 
-def fast_path_possible(header: HeaderMap, target: Target) -> bool:
-    """COPY can take the bytes as they are: every field known, no Python conversion needed."""
-    return copy_possible(header, target) and not numbers_to_convert(header, target)
-
-
 def copy_possible(header: HeaderMap, target: Target) -> bool:
     """COPY can read the file: every field known, and only numbers written the dataset's own way
     (which SQL can convert) left to convert."""
