@@ -112,3 +112,17 @@ def ensure_meter_csv(path: Path, rows: int, *, bad: bool = False) -> Generated:
     generated = write_meter_csv(tmp, rows, bad=bad)
     tmp.replace(path)
     return Generated(path, generated.rows, generated.bad_rows, generated.size_bytes)
+
+
+def with_lineage(path: Path, out: Path) -> Path:
+    """`path` with `_file_id,_record_no` in front of every line (file 1, records from 1), as the
+    fast path sends it to COPY; generated once next to it."""
+    if out.exists() and out.stat().st_size > path.stat().st_size:
+        return out
+    tmp = out.with_name("." + out.name + ".tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(b"_file_id,_record_no," + src.readline())
+        for record_no, line in enumerate(src, 1):
+            dst.write(b"1,%d,%b" % (record_no, line))
+    tmp.replace(out)
+    return out

@@ -14,9 +14,8 @@ their ratio are printed as Markdown. Every run is checked: each file `loaded` wi
 Two modes, each its own watcher runs: `cold` times the files as the first loads of a fresh watcher;
 `warm` first drops one small file per worker at once and waits for them, so that every worker's
 connection has loaded into the table before the clock starts (a watcher that has been running).
-They differ because the first `nextval` of the record sequence in a session caches a block of
-2^31 values, which PostgreSQL does one value at a time: about 1.9 s of server CPU per connection
-(app/schema.py RECORD_CACHE; see README, "2026-12-04 (issue 16)").
+They once differed by seconds, when each session's first load drew a block of a per-table record
+sequence (see README, "2026-12-04 (issue 16)"); the loader now writes the record numbers itself.
 """
 
 from __future__ import annotations

@@ -105,7 +105,10 @@ def _note(name: str, runs: Sequence[Run]) -> str:
             note = "run_ingest timed in-process after start-up; " + note
         return note
     if name == "psql_copy_staging":
-        return "defaults (_file_id, _record_no), CHECK, BRIN index: what the fast path writes into"
+        return (
+            "the file with _file_id, _record_no in front of each line, into the staging table "
+            "(CHECKs, BRIN indexes): what the fast path asks of the server"
+        )
     if name == "psql_copy":
         return "LIKE staging.meter_readings, lineage columns NULL"
     if name == "loadbay_startup":

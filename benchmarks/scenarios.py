@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.datagen import with_lineage
 from benchmarks.pg import BenchServer, execute, fetch
 from benchmarks.procs import ProcessRun, load_average, run_timed
 
@@ -133,15 +134,16 @@ class Scenarios:
 
     def psql_copy(self, csv_path: Path, rows: int, *, into_staging: bool = False) -> Run:
         """`psql \\copy` into a table like the staging table (no defaults, no CHECK, no index),
-        or, with `into_staging`, into the staging table itself with its defaults and rules."""
+        or, with `into_staging`, the file with its lineage columns into the staging table itself,
+        with its CHECKs and BRIN indexes."""
         name, dsn = self._database("bench_psql")
         try:
             env = dict(os.environ)
+            columns, source = DATA_COLUMNS, csv_path
             if into_staging:
-                table = "staging.meter_readings"
-                # What the staging table's defaults read: _record_no is nextval minus the base.
-                env["PGOPTIONS"] = "-c loadbay.file_id=1 -c loadbay.record_base=0"
-                execute(dsn, "SELECT setval('staging.meter_readings__record_no', 1, false)")
+                # The lines loadbay's fast path sends: each record behind its file id and number.
+                table, columns = "staging.meter_readings", "_file_id,_record_no," + DATA_COLUMNS
+                source = with_lineage(csv_path, csv_path.with_name(csv_path.stem + "_lineage.csv"))
             else:
                 table = BASELINE_TABLE
                 # LIKE copies the column types and NOT NULLs but no defaults. COPY names only the
@@ -153,7 +155,7 @@ class Scenarios:
                     "ALTER COLUMN _record_no DROP NOT NULL",
                 )
             self.server.checkpoint()
-            command = f"\\copy {table} ({DATA_COLUMNS}) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)"
+            command = f"\\copy {table} ({columns}) FROM '{source}' WITH (FORMAT csv, HEADER true)"
             before = load_average()
             run = _checked(
                 run_timed(

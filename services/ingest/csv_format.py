@@ -10,7 +10,7 @@ import re
 import asyncpg
 
 from app.errors import EmptyFile, EncodingError
-from app.schema import quote_ident, record_sequence, table_name
+from app.schema import quote_ident, table_name
 from models.datasets import SQL_TYPES, DatasetRegistry, DatasetSpec
 from models.headers import HeaderMap
 from services.ingest.csv_dialect import (
@@ -20,6 +20,7 @@ from services.ingest.csv_dialect import (
     sniff_delimiter,
     with_likely_encoding,
 )
+from services.ingest.csv_lane import copy_lane
 from services.ingest.csv_load import (
     MAX_LINE_BYTES,
     copy_fast,
@@ -99,8 +100,8 @@ def _as_read(stream: Stream, dataset: DatasetSpec, label: str) -> DatasetSpec:
 
 
 async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> tuple[LoadStats, Stream]:
-    """Fast path first (COPY of the bytes, through a landing table when numbers need converting);
-    on any refusal by PostgreSQL, the robust path from the start.
+    """Fast path first (one pass of COPY, through a landing table when numbers need converting);
+    when PostgreSQL stops it, the robust path from the start.
 
     Returns the statistics and the stream that was read to the end."""
     dataset = target.dataset
@@ -111,11 +112,12 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
             async with conn.transaction():
                 if numbers_to_convert(header, target):
                     rows = await copy_landed(conn, stream, header, target)
+                    if rows == 0:
+                        raise EmptyFile("the file has a header but no data rows", hint=NO_ROWS_HINT)
+                    stats = LoadStats(rows_loaded=rows, records=rows)
                 else:
-                    rows = await copy_direct(conn, stream, header, target)
-                if rows == 0:
-                    raise EmptyFile("the file has a header but no data rows", hint=NO_ROWS_HINT)
-            return LoadStats(rows_loaded=rows, records=rows), stream
+                    stats = await copy_lane(conn, stream, header, target)
+            return stats, stream
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             log.info(
                 "%s: COPY refused the file as it is (%s); reading it row by row",
@@ -125,33 +127,6 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
         stream = stream.reopen()
         read_header(stream, dataset.encoding, target.label, dialect)
     return await copy_robust(conn, stream, header, target, stream.raw.size), stream
-
-
-async def copy_direct(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:
-    """COPY into the staging table; its defaults number the records from 1.
-
-    No table lock: the record sequence hands this session consecutive values (app/schema.py), so
-    the value drawn now is the base the file's records count from. Loads of one table overlap."""
-    sequence = record_sequence(target.schema, target.dataset)
-    base = await conn.fetchval("SELECT nextval($1::regclass)", sequence)
-    await conn.execute("SELECT set_config('loadbay.record_base', $1, true)", str(base))
-    rows = await copy_fast(conn, stream, header, target)
-    last = await conn.fetchval("SELECT nextval($1::regclass)", sequence)
-    if last != base + rows + 1:
-        # The session's block of values (RECORD_CACHE) ran out mid-file: number this file's
-        # records again, in their order.
-        await _renumber(conn, target)
-    return rows
-
-
-async def _renumber(conn: asyncpg.Connection, target: Target) -> None:
-    table = table_name(target.schema, target.dataset.table)
-    await conn.execute(
-        f"UPDATE {table} t SET _record_no = n.rn FROM (SELECT ctid, row_number() OVER "
-        f"(ORDER BY _record_no) AS rn FROM {table} WHERE _file_id = $1) n "
-        "WHERE t.ctid = n.ctid AND t._file_id = $1",
-        target.file_id,
-    )
 
 
 async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> int:

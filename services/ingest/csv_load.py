@@ -1,11 +1,11 @@
-"""CSV into a staging table.
+"""CSV into a staging table: the header, the robust path, and what the fast path shares with it.
 
-The fast path streams the file's bytes into PostgreSQL `COPY` as they are: the server types every
-value, the table's defaults fill `_file_id` and `_record_no`, and the table's constraints enforce
-the row rules. If PostgreSQL refuses the file (a bad value, a wrong column count, a broken quote),
-that attempt rolls back to a savepoint and the robust path reads the file again in Python: it
-checks structure and required values, lets PostgreSQL type the values (`ON_ERROR ignore` tells
-which rows it skipped and why), keeps every good row and records every bad one.
+The fast path (csv_lane.py) sends the file to `COPY` in one pass, setting bad lines aside as it
+goes. If PostgreSQL stops it all the same (a bad quoted line, a bad encoding, PostgreSQL 16 and a
+bad value), that pass rolls back to a savepoint and the robust path reads the file again in
+Python: it checks structure and required values, lets PostgreSQL type the values
+(`ON_ERROR ignore` tells which rows it skipped and why), keeps every good row and records every
+bad one.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from services.ingest.source import READ_SIZE, Stream, decode_line, line_too_long
 from services.ingest.values import is_fixed_offset
 
 MAX_LINE_BYTES = 1 << 20
-_ONE_RECORD_A_LINE = "Check that the file is a CSV file with one record a line"
+ONE_RECORD_A_LINE = "Check that the file is a CSV file with one record a line"
 MAX_RECORD_LINES = 10_000
 COMMA = Dialect()
 _NUMBERS = ("numeric", "integer")
@@ -220,14 +220,14 @@ def checked_blocks(stream: Stream, label: str, dialect: Dialect = COMMA) -> Iter
         # Lines after the first end inside `data` (at most READ_SIZE = MAX_LINE_BYTES bytes).
         if since_newline + (len(data) if first < 0 else first) >= MAX_LINE_BYTES + (first < 0):
             line_no = _line_number(stream.reopen(), offset - since_newline, label)
-            raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
+            raise line_too_long(line_no, MAX_LINE_BYTES, label, ONE_RECORD_A_LINE)
         since_newline = since_newline + len(data) if first < 0 else len(data) - last - 1
         offset += len(data)
         if quote in data or quote in partial:
             # Scanned from the start of the line the block began in, up to its last newline.
             text = partial + data[: last + 1]
             if last >= 0:
-                inside = _same_as_copy(text, inside, dialect)
+                inside = same_as_copy(text, inside, dialect)
                 partial = data[last + 1 :]
             else:
                 partial = text
@@ -237,7 +237,7 @@ def checked_blocks(stream: Stream, label: str, dialect: Dialect = COMMA) -> Iter
             partial += data
         yield data
     if quote in partial:
-        _same_as_copy(partial, inside, dialect)
+        same_as_copy(partial, inside, dialect)
 
 
 def _line_number(stream: Stream, offset: int, label: str) -> int:
@@ -251,7 +251,7 @@ def _line_number(stream: Stream, offset: int, label: str) -> int:
     return line_no
 
 
-def _same_as_copy(text: bytes, inside: bool, dialect: Dialect) -> bool:
+def same_as_copy(text: bytes, inside: bool, dialect: Dialect) -> bool:
     still_open, same = scan_quotes(text, inside, dialect)
     if not same:
         raise QuotesCopyReadsDifferently("a quote inside an unquoted field")
@@ -289,7 +289,7 @@ class RecordReader:
                 return None
             self.line_no += 1
             if len(raw) > MAX_LINE_BYTES:
-                raise line_too_long(self.line_no, MAX_LINE_BYTES, self._label, _ONE_RECORD_A_LINE)
+                raise line_too_long(self.line_no, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
         return self.line_no, decode_line(raw, self._encoding, self.line_no, self._label)
 
     def _texts(self) -> Iterator[str]:
@@ -404,14 +404,14 @@ class CsvRows:
         and, when good, sent to COPY as it is behind its `_file_id` and `_record_no`;
         PostgreSQL types the values. A record that spans lines hands the rest of the file to the
         general reader. Only possible when nothing has to be converted or moved into `_extra`."""
-        file_id, dataset = self.plan.target.file_id, self.plan.target.dataset.name
+        file_id = self.plan.target.file_id
         chunk, record_no, line_no = Chunk(), 0, 1
         readline, width = stream.readline, self.width
         required = [i for i, _ in self.required]
         groups = self.any_groups
         rows, record_nos, line_nos = chunk.rows, chunk.record_nos, chunk.line_nos
         # A hot loop (a million lines take about a second), so one long function: the common checks
-        # are inlined, and a line that looks wrong goes to _check, which says what is wrong.
+        # are inlined, and a line that looks wrong goes to check, which says what is wrong.
         while raw := readline(MAX_LINE_BYTES + 1):
             line_no += 1
             if chunk.records >= CHUNK_ROWS:  # bad records count too: memory stays bounded
@@ -420,7 +420,7 @@ class CsvRows:
                 rows, record_nos, line_nos = chunk.rows, chunk.record_nos, chunk.line_nos
             body = raw.rstrip(b"\r\n")
             if len(raw) > MAX_LINE_BYTES:  # numbered_lines' check, inlined in this hot loop
-                raise line_too_long(line_no, MAX_LINE_BYTES, label, _ONE_RECORD_A_LINE)
+                raise line_too_long(line_no, MAX_LINE_BYTES, label, ONE_RECORD_A_LINE)
             if not body:
                 line_no += stream.skip_line_ends()
                 continue
@@ -454,7 +454,7 @@ class CsvRows:
                         break
                     suspect = not any(fields[i] for i in group)
             if suspect:
-                reject = self._check(fields, body, record_no, line_no, dataset)
+                reject = self.check(fields, body, record_no, line_no)
                 if reject is not None:
                     chunk.rejects.append(reject)
                     continue
@@ -468,9 +468,21 @@ class CsvRows:
             line_nos.append(line_no)
         yield chunk
 
-    def _check(
-        self, fields: list[bytes] | list[str], body: bytes, record_no: int, line_no: int, dataset: str
+    def suspect(self, fields: list[bytes], body: bytes) -> bool:
+        """The line may break a row rule: `check` says whether it does (line_chunks inlines this)."""
+        if len(fields) != self.width or b"\x00" in body:
+            return True
+        for i, _ in self.required:
+            value = fields[i]
+            if not value or value[0] == 32:  # empty, or starting with a space
+                return True
+        return any(not any(fields[i] for i in group) for group in self.any_groups)
+
+    def check(
+        self, fields: list[bytes] | list[str], body: bytes, record_no: int, line_no: int
     ) -> Reject | None:
+        """Why the line cannot be a row (structure, NUL bytes, row rules), worded for the ledger."""
+        dataset = self.plan.target.dataset.name
         if len(fields) != self.width:
             text = body.decode(errors="replace")[:1000]
             return Reject(

@@ -257,6 +257,44 @@ def _csv_field(value: Value) -> str:
     return str(value)
 
 
+class SkippedRows:
+    """What `COPY … ON_ERROR ignore, LOG_VERBOSITY verbose` (PostgreSQL 17+) says of each row it
+    skips: a notice naming the line (counted from the statement's first) and the column."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._notices: list[str] = []
+
+    def __enter__(self) -> SkippedRows:
+        self._conn.add_log_listener(self._on_notice)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._conn.remove_log_listener(self._on_notice)
+
+    def forget(self) -> None:
+        """Drop what earlier statements said."""
+        self._notices.clear()
+
+    async def named(self, skipped: int) -> list[tuple[int, str]]:
+        """(line, column) of each of the `skipped` rows of the statement that just ended."""
+        for _ in range(100):  # notices are delivered by the event loop: let it run
+            if len(self._notices) >= skipped:
+                break
+            await asyncio.sleep(0)
+        named = [(int(m.group(1)), m.group(2)) for m in map(_SKIPPED.search, self._notices) if m]
+        self._notices.clear()
+        if len(named) != skipped:
+            raise RuntimeError(
+                f"PostgreSQL skipped {skipped} rows but named {len(named)}; loadbay reads "
+                "its notices in English (lc_messages 'C' or 'en')"
+            )
+        return named
+
+    def _on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        self._notices.append(str(getattr(message, "message", message)))
+
+
 class RobustCopy:
     """COPY of built rows that attributes every row PostgreSQL refuses to its record."""
 
@@ -277,14 +315,13 @@ class RobustCopy:
         # newline inside quotes as a line. A plain first row (filtered out by the WHERE clause)
         # keeps its line numbers, which name the rows it skips, exact.
         self._lead = ("0,0" + "," * (len(plan.columns) - 2) + "\n").encode()
-        self.notices: list[str] = []
+        self._skipped = SkippedRows(conn)
 
     async def copy(self, chunk: Chunk) -> tuple[int, list[Reject]]:
         """Load the chunk's rows; returns the rows loaded and the rows PostgreSQL refused."""
         loaded, start = 0, 0
         rejects: list[Reject] = []
-        self.conn.add_log_listener(self._on_notice)
-        try:
+        with self._skipped:
             while start < len(chunk.rows):
                 try:
                     loaded += await self._copy_part(chunk, start, None, rejects)
@@ -296,12 +333,10 @@ class RobustCopy:
                     if bad > start:
                         loaded += await self._copy_part(chunk, start, bad, rejects)
                     start = bad + 1
-        finally:
-            self.conn.remove_log_listener(self._on_notice)
         return loaded, rejects
 
     async def _copy_part(self, chunk: Chunk, start: int, stop: int | None, rejects: list[Reject]) -> int:
-        self.notices.clear()
+        self._skipped.forget()
         sent = (stop if stop is not None else len(chunk.rows)) - start
         async with self.conn.transaction():
             # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the
@@ -310,20 +345,9 @@ class RobustCopy:
             copy = self.conn._copy_in(self.statement, memoryview(payload), None)
             status = await unless_connection_lost(self.conn, copy)
         loaded = int(status.split()[-1])
-        for _ in range(100):  # notices are delivered by the event loop: let it run
-            if len(self.notices) >= sent - loaded:
-                break
-            await asyncio.sleep(0)
-        skipped = [m for m in map(_SKIPPED.search, self.notices) if m]
-        if len(skipped) != sent - loaded:
-            raise RuntimeError(
-                f"PostgreSQL skipped {sent - loaded} rows but named {len(skipped)}; loadbay reads "
-                "its notices in English (lc_messages 'C' or 'en')"
-            )
-        for match in skipped:
-            column = match.group(2)
-            index = chunk.row_at_line(int(match.group(1)) - 1, start)
-            rejects.append(self._reject(chunk, index, column, f"not {_expectation(self.plan, column)}"))
+        for line, column in await self._skipped.named(sent - loaded):
+            index = chunk.row_at_line(line - 1, start)
+            rejects.append(self._reject(chunk, index, column, f"not {expectation(self.plan.specs, column)}"))
         return loaded
 
     def _locate(self, exc: asyncpg.PostgresError, chunk: Chunk, start: int) -> int:
@@ -346,9 +370,6 @@ class RobustCopy:
             self.plan.target.dataset.name,
             raw_text(chunk.raws[index]) if index < len(chunk.raws) else None,
         )
-
-    def _on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
-        self.notices.append(str(getattr(message, "message", message)))
 
 
 def raw_text(record: object) -> str | None:
@@ -396,8 +417,9 @@ def _column_of(exc: asyncpg.PostgresError) -> str | None:
     return str(column) if column else None
 
 
-def _expectation(plan: RowPlan, column: str) -> str:
-    spec = next((c for c in plan.specs if c.column == column), None)
+def expectation(specs: list[ColumnSpec], column: str) -> str:
+    """What a valid value of `column` looks like, for a reject's reason."""
+    spec = next((c for c in specs if c.column == column), None)
     return TYPE_EXPECTATIONS[spec.type] if spec else "a valid value"
 
 

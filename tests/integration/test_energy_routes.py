@@ -216,8 +216,8 @@ def test_an_incremental_window_reads_the_readings_through_the_reading_at_index(
     indexes, plan = run(go())
 
     assert indexes == [
-        "meter_readings__reading_at: brin (reading_at) WITH (pages_per_range='4', autosummarize='on')",
-        "sensor_readings__reading_at: brin (reading_at) WITH (pages_per_range='4', autosummarize='on')",
+        "meter_readings__reading_at: brin (reading_at) WITH (pages_per_range='4')",
+        "sensor_readings__reading_at: brin (reading_at) WITH (pages_per_range='4')",
     ]
     assert "Bitmap Index Scan on meter_readings__reading_at" in plan
     assert "Bitmap Index Scan on sensor_readings__reading_at" in plan

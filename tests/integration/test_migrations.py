@@ -59,3 +59,45 @@ def test_a_database_where_analysis_created_the_table_migrates(pg: Server) -> Non
         assert columns(dsn, "analysis", "parameters") == PARAMETERS_COLUMNS
         rows = fetch(dsn, "SELECT ship_via, settlement_tz FROM analysis.parameters")
         assert [tuple(r) for r in rows] == [(["10005"], "UTC")]
+
+
+def test_a_staging_table_of_the_sequence_era_is_brought_up_to_date(dsn: str) -> None:
+    """Tables made while `_record_no` came from a sequence default, with rules by their old names
+    and autosummarize on: the sync drops the default and the sequence, renames the rules by their
+    expression and resets autosummarize, keeping the rows."""
+    for statement in (
+        "CREATE SEQUENCE staging.meter_readings__record_no",
+        "ALTER TABLE staging.meter_readings ALTER COLUMN _record_no "
+        "SET DEFAULT nextval('staging.meter_readings__record_no')",
+        "INSERT INTO staging.meter_readings (_file_id, meter_id, reading_at, power_w) "
+        "VALUES (1, 'M1', '2024-01-15T00:00Z', 5)",
+        "ALTER TABLE staging.meter_readings ADD CONSTRAINT lb_rule_meter_id_present CHECK (btrim(meter_id) <> '')",
+        "ALTER INDEX staging.meter_readings__reading_at SET (autosummarize = on)",
+        "COMMENT ON TABLE staging.meter_readings IS 'an older declaration'",
+    ):
+        execute(dsn, statement)
+
+    migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))
+
+    assert fetchval(dsn, "SELECT to_regclass('staging.meter_readings__record_no')") is None
+    assert (
+        fetchval(
+            dsn,
+            "SELECT column_default FROM information_schema.columns "
+            "WHERE table_schema = 'staging' AND table_name = 'meter_readings' AND column_name = '_record_no'",
+        )
+        is None
+    )
+    rules = fetch(
+        dsn,
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'staging.meter_readings'::regclass AND contype = 'c' ORDER BY 1",
+    )
+    assert [(r[0][:-9], r[1]) for r in rules] == [
+        ("lb_rule_any_register_kwh_power_w", "CHECK (((register_kwh IS NOT NULL) OR (power_w IS NOT NULL)))"),
+        ("lb_rule_meter_id_present", "CHECK (((ascii(meter_id) > 32) OR (btrim(meter_id) <> ''::text)))"),
+    ]
+    assert fetchval(
+        dsn, "SELECT reloptions FROM pg_class WHERE oid = 'staging.meter_readings__reading_at'::regclass"
+    ) == ["pages_per_range=4"]
+    assert fetchval(dsn, "SELECT count(*) FROM staging.meter_readings") == 1

@@ -1,5 +1,5 @@
-"""Loads of one staging table overlap (DESIGN §9): no table lock, and `_record_no` still numbers
-each file's records from 1."""
+"""Loads of one staging table overlap (DESIGN §9): no table lock, and `_record_no` numbers each
+file's records from 1 (the loader writes the numbers; nothing is drawn from a shared sequence)."""
 
 from __future__ import annotations
 
@@ -70,29 +70,3 @@ def test_two_loads_of_one_table_are_inside_their_transactions_at_once(settings: 
     )
     assert [tuple(r) for r in numbering] == [("A", 1, ROWS, ROWS, True), ("B", 1, ROWS, ROWS, True)]
 
-
-def test_a_file_whose_numbers_have_gaps_is_numbered_again_in_order(settings: Settings, dsn: str) -> None:
-    """The fallback for a load that ran past its session's block of record numbers."""
-    from services.ingest.csv_format import _renumber
-    from services.ingest.rows import Target
-
-    async def go() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(dsn))
-        try:
-            await conn.execute(
-                "INSERT INTO staging.meter_readings (_file_id, _record_no, meter_id, reading_at, power_w) "
-                "VALUES (7, 5, 'M', '2024-01-01T00:00Z', 1), (7, 9, 'M', '2024-01-01T00:10Z', 1), "
-                "(7, 1000, 'M', '2024-01-01T00:20Z', 1), (8, 3, 'N', '2024-01-01T00:00Z', 1)"
-            )
-            dataset = DatasetRegistry.from_toml({}).get("meter_readings")
-            await _renumber(conn, Target("staging", dataset, 7, "x", "UTC", 0.1))
-        finally:
-            await conn.close()
-
-    run(go())
-    rows = fetch(
-        dsn,
-        "SELECT _file_id, _record_no, to_char(reading_at AT TIME ZONE 'UTC', 'HH24:MI') "
-        "FROM staging.meter_readings ORDER BY 1, 2",
-    )
-    assert [tuple(r) for r in rows] == [(7, 1, "00:00"), (7, 2, "00:10"), (7, 3, "00:20"), (8, 3, "00:00")]

@@ -1,0 +1,403 @@
+"""The CSV fast path: one pass over the file, each record sent to COPY behind its `_file_id` and
+`_record_no`, a block of lines at a time.
+
+What would stop COPY halfway is looked for in whole blocks of bytes, at C speed: a field too many
+or too few (the block's delimiters and newlines against the header's shape), an empty or blank
+field (which a required column or an "at least one of" group may not have), a blank line, a NUL
+byte, a quote. Only a block where one turns up is read line by line, and its bad lines are set
+aside as rejects, worded as the robust path words them. Values PostgreSQL cannot type are skipped
+by COPY itself (`ON_ERROR ignore`, PostgreSQL 17+), which names each one in a notice.
+
+The lines go out in COPY statements of SEGMENT_BYTES; the rejects of each are written before the
+next starts, so memory stays bounded whatever the file. Anything else that stops COPY (a quote COPY
+would read otherwise than the csv module, a broken encoding, a bad line inside a quoted record,
+a bad value before PostgreSQL 17) rolls this pass back, and the robust path reads the file.
+
+Why not the sequence default the staging table used to number records with: the server evaluated
+`nextval() - current_setting()` and `current_setting()` for every row, a quarter more server time
+than COPY of the bare rows; written by this process, which has a core of its own, the numbers cost
+the server only their parsing (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import codecs
+import contextlib
+import csv
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+
+import asyncpg
+
+from app.db import unless_connection_lost
+from app.schema import quote_ident, table_name
+from models.headers import HeaderMap
+from services.ingest import ledger
+from services.ingest.csv_dialect import Dialect
+from services.ingest.csv_load import (
+    MAX_LINE_BYTES,
+    ONE_RECORD_A_LINE,
+    PG_ENCODINGS,
+    CsvRows,
+    same_as_copy,
+)
+from services.ingest.rows import (
+    CHUNK_ROWS,
+    LoadStats,
+    Reject,
+    SkippedRows,
+    Target,
+    check_ratio,
+    expectation,
+    stop_early_if_hopeless,
+)
+from services.ingest.source import READ_SIZE, Stream, line_too_long
+
+SEGMENT_BYTES = 8 << 20  # lines sent by one COPY statement: kept until its skipped rows are named
+SEGMENT_REJECTS = CHUNK_ROWS  # rejects held before the statement ends and they are written
+BLOCK_LINES = CHUNK_ROWS  # lines looked at a time: a block of short bad lines stays small
+
+
+class LaneCannotName(asyncpg.DataError):  # type: ignore[misc]
+    """PostgreSQL skipped a row of a statement that holds a record over several lines, whose
+    line numbers this pass does not follow: the robust path takes the file."""
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class LineReader:
+    """A stream's complete lines, BLOCK_LINES at a time, none longer than MAX_LINE_BYTES."""
+
+    def __init__(self, stream: Stream, label: str) -> None:
+        self._stream = stream
+        self._label = label
+        self._lines = 1  # physical lines read: the header is line 1
+        self._pending: list[bytes] = []  # complete lines read, from index _next on
+        self._next = 0
+        self._tail = b""  # the start of a line whose end is not read yet
+        self._crlf: bool | None = None  # the first line ends in CR LF
+
+    def next_lines(self) -> tuple[list[bytes], int] | None:
+        """The next lines (without their LF) and the number of the first; None at the end."""
+        if self._next >= len(self._pending) and not self._fill():
+            return None
+        lines = self._pending[self._next : self._next + BLOCK_LINES]
+        self._next += len(lines)
+        first = self._lines + 1
+        self._lines += len(lines)
+        return lines, first
+
+    def _fill(self) -> bool:
+        """Read up to the next newline (or the end); False when nothing is left."""
+        data = self._tail
+        while True:
+            block = self._stream.read(READ_SIZE)
+            if not block:
+                if data and self._crlf and data[-1:] != b"\r":
+                    data += b"\r"  # COPY wants every line ended alike: the last one as the first
+                self._pending, self._next, self._tail = ([data] if data else []), 0, b""
+                self._check_lengths(data)
+                return bool(data)
+            data += block
+            if b"\n" in block:
+                break
+            if len(data) > MAX_LINE_BYTES:
+                raise line_too_long(self._lines + 1, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
+        lines = data.split(b"\n")
+        self._tail = lines.pop()
+        if self._crlf is None:
+            self._crlf = lines[0][-1:] == b"\r"
+        self._pending, self._next = lines, 0
+        if len(data) > MAX_LINE_BYTES:
+            self._check_lengths(*lines, self._tail)
+        return True
+
+    def _check_lengths(self, *lines: bytes) -> None:
+        if max(map(len, lines), default=0) > MAX_LINE_BYTES:
+            at = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
+            raise line_too_long(self._lines + 1 + at, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
+
+
+@dataclass
+class Statement:
+    """One COPY statement's share of the file: the lines sent, the records they hold, what was set
+    aside meanwhile, and how to tell a record's line."""
+
+    shift: int  # lines before its first record that hold no record's start (blank, inside a record)
+    rejects: list[Reject] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)  # kept to name the rows PostgreSQL skips
+    records: int = 0  # records sent
+    size: int = 0  # bytes sent
+    multi_line: bool = False  # a record over several lines was sent
+    read: int = 0  # records read when it ended, set-aside ones included
+    marks: list[int] = field(default_factory=lambda: [0])  # from these records on…
+    shifts: list[int] = field(default_factory=list)  # …their lines are shifted this much
+
+    def __post_init__(self) -> None:
+        self.shifts.append(self.shift)
+
+    def line_of(self, record: int) -> int:
+        """The physical line a record sent in this statement starts on."""
+        return record + 1 + self.shifts[bisect.bisect_right(self.marks, record) - 1]
+
+
+class Lane:
+    """The file's remaining lines → blocks of COPY lines, and the rejects set aside on the way."""
+
+    def __init__(self, stream: Stream, header: HeaderMap, target: Target) -> None:
+        self._rows = CsvRows(header, target)
+        self._specs = self._rows.plan.specs
+        self._dataset = target.dataset.name
+        self._encoding = target.dataset.encoding
+        self._dialect = dialect = Dialect.of(target.dataset)
+        self._delimiter = dialect.delimiter.encode()
+        self._quote = dialect.quote.encode()
+        self._format = b"%b%d" + self._delimiter.replace(b"%", b"%%") + b"%b\n"
+        self._head = b"%d" % target.file_id + self._delimiter
+        self._shape = self._delimiter * (self._rows.width - 1) + b"\n"
+        self._not_shape = bytes(sorted(set(range(256)) - {10, self._delimiter[0]}))
+        separators = bytearray(b"x" * 256)
+        separators[10] = separators[self._delimiter[0]] = ord("S")
+        self._separators = bytes(separators)
+        self.types_as_copy = not any(self._rows.plan.converters)  # PostgreSQL types every value
+        self.keep_sent = False  # keep this statement's lines, to name the rows it skips
+        self.records = 0  # records read, rejected ones included
+        self.finished = False
+        self._reader = LineReader(stream, target.label)
+        self._inside = False  # a quoted field is open at the end of the last line looked at
+        self._shift = 0  # lines so far that hold no record's start (blank, or inside a record)
+        self.statement = Statement(shift=0)
+
+    def next_block(self) -> bytes | None:
+        """The next block of COPY lines (empty when all its lines were set aside); None at the end."""
+        read = self._reader.next_lines()
+        if read is None:
+            self.finished = True
+            return None
+        lines, first_line = read
+        block = b"\n".join(lines)
+        if self._inside or self._quote in block or self._has_gaps(block):
+            payload = self._line_by_line(lines, first_line)
+        else:
+            payload = self._whole(lines, block, first_line)
+        if self.keep_sent and payload:
+            self.statement.sent.append(payload)
+        self.statement.size += len(payload)
+        return payload
+
+    def statement_full(self) -> bool:
+        """Time to end the COPY statement (never inside a record)."""
+        statement = self.statement
+        return not self._inside and (
+            statement.size >= SEGMENT_BYTES or len(statement.rejects) >= SEGMENT_REJECTS
+        )
+
+    def close_statement(self) -> Statement:
+        """The statement so far; the next block starts another."""
+        done, self.statement = self.statement, Statement(shift=self._shift)
+        done.read = self.records
+        return done
+
+    # --- a block at a time ---------------------------------------------------------------------
+
+    def _has_gaps(self, block: bytes) -> bool:
+        """An empty or blank field, a blank line or a NUL byte somewhere in the block."""
+        bare = block.translate(self._separators, b" \r")
+        return b"SS" in bare or bare[:1] == b"S" or bare[-1:] == b"S" or b"\x00" in block
+
+    def _whole(self, lines: list[bytes], block: bytes, first_line: int) -> bytes:
+        """Lines without quotes, blank lines or empty fields: only the shape can be wrong."""
+        first = self.records + 1
+        self.records += len(lines)
+        self._mark(first)
+        head, line_format = self._head, self._format
+        parts = [line_format % (head, n, line) for n, line in enumerate(lines, first)]
+        if block.translate(None, self._not_shape) + b"\n" != self._shape * len(lines):
+            wanted = self._rows.width - 1
+            counts = map(bytes.count, lines, repeat(self._delimiter))
+            bad = [i for i, count in enumerate(counts) if count != wanted]
+            for i in reversed(bad):
+                del parts[i]
+            for i in bad:
+                body = lines[i].removesuffix(b"\r")
+                reject = self._rows.check(body.split(self._delimiter), body, first + i, first_line + i)
+                assert reject is not None  # a field too many or too few
+                self.statement.rejects.append(reject)
+        self.statement.records += len(parts)
+        return b"".join(parts)
+
+    def _line_by_line(self, lines: list[bytes], first_line: int) -> bytes:
+        """Quotes, blank lines, empty fields: each line on its own, as the robust path reads it."""
+        parts: list[bytes] = []
+        rows, delimiter, quote = self._rows, self._delimiter, self._quote
+        for i, line in enumerate(lines):
+            if self._inside:  # a line of a record that began above
+                self._shift += 1
+                self.statement.multi_line = True
+                if quote in line:
+                    self._inside = same_as_copy(line, True, self._dialect)
+                parts.append(line + b"\n")
+                continue
+            body = line.removesuffix(b"\r")
+            if not body:
+                self._shift += 1
+                continue
+            self.records += 1
+            record = self.records
+            self._mark(record)
+            if quote in body:
+                # Checked by COPY alone: a bad quoted record stops it, and the robust path reads it.
+                self._inside = same_as_copy(line, False, self._dialect)
+            else:
+                fields = body.split(delimiter)
+                if rows.suspect(fields, body):
+                    reject = rows.check(fields, body, record, first_line + i)
+                    if reject is not None:
+                        self.statement.rejects.append(reject)
+                        continue
+            parts.append(self._format % (self._head, record, line))
+            self.statement.records += 1
+        return b"".join(parts)
+
+    def _mark(self, record: int) -> None:
+        """Note where the lines that hold no record's start put `record` and those after it."""
+        statement = self.statement
+        if self._shift != statement.shifts[-1]:
+            statement.marks.append(record)
+            statement.shifts.append(self._shift)
+
+    # --- what PostgreSQL skipped -----------------------------------------------------------------
+
+    def skipped(self, statement: Statement, named: list[tuple[int, str]]) -> list[Reject]:
+        """Rejects for the rows a statement skipped, from (line of its input, column)."""
+        if not named:
+            return []
+        if statement.multi_line:
+            raise LaneCannotName("a row was skipped next to a record over several lines")
+        ends = list(accumulate(block.count(b"\n") for block in statement.sent))
+        split: dict[int, list[bytes]] = {}
+        rejects = []
+        for line, column in named:
+            at = bisect.bisect_left(ends, line)
+            lines = split.get(at) or split.setdefault(at, statement.sent[at].split(b"\n"))
+            text = lines[line - 1 - (ends[at - 1] if at else 0)]
+            _, number, body = text.split(self._delimiter, 2)
+            record = int(number)
+            value = self._value(body.removesuffix(b"\r"), column)
+            reason = f"not {expectation(self._specs, column)}"
+            rejects.append(Reject(record, statement.line_of(record), column, value, reason, self._dataset))
+        return rejects
+
+    def _value(self, body: bytes, column: str) -> str:
+        text = body.decode(self._encoding, errors="replace")
+        dialect = self._dialect
+        if dialect.quote in text:
+            fields = next(csv.reader([text], delimiter=dialect.delimiter, quotechar=dialect.quote))
+        else:
+            fields = text.split(dialect.delimiter)
+        return fields[next(i for i, spec in enumerate(self._specs) if spec.column == column)]
+
+
+def lane_statement(header: HeaderMap, target: Target, skip_bad: bool) -> str:
+    """The COPY statement the lane's lines go to."""
+    dialect = Dialect.of(target.dataset)
+    data = [quote_ident(c.column) for _, c in header.mapped()]
+    options = [
+        "FORMAT csv",
+        f"DELIMITER {_literal(dialect.delimiter)}",
+        f"QUOTE {_literal(dialect.quote)}",
+        f"ENCODING {_literal(PG_ENCODINGS[codecs.lookup(target.dataset.encoding).name])}",
+        f"FORCE_NULL ({', '.join(data)})",
+    ]
+    if skip_bad:
+        options += ["ON_ERROR ignore", "LOG_VERBOSITY verbose"]
+    table = table_name(target.schema, target.dataset.table)
+    return f"COPY {table} (_file_id, _record_no, {', '.join(data)}) FROM STDIN WITH ({', '.join(options)})"
+
+
+async def copy_lane(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> LoadStats:
+    """Load the rest of the stream (the header is read) in one pass; rejects are recorded."""
+    lane = Lane(stream, header, target)
+    # A value the robust path would convert (a lone decimal comma in a `;` file) must stop COPY.
+    skip_bad = conn.get_server_version().major >= 17 and lane.types_as_copy
+    lane.keep_sent = skip_bad
+    copy = lane_statement(header, target, skip_bad)
+    stats = LoadStats()
+    ahead = _made(lane)
+    try:
+        with SkippedRows(conn) as skipped:
+            while (first := await ahead) is not None:
+                loaded, statement, ahead = await _copy_statement(conn, copy, lane, first)
+                named = await skipped.named(statement.records - loaded) if loaded < statement.records else []
+                rejects = sorted([*statement.rejects, *lane.skipped(statement, named)], key=_record_no)
+                await ledger.write_rejects(conn, target.file_id, rejects)
+                stats.rows_loaded += loaded
+                stats.records = statement.read
+                stats.note_rejects(rejects)
+                del statement, rejects  # its lines, before the next statement's pile up
+                stop_early_if_hopeless(stats, stream.raw.bytes_read, stream.raw.size, target)
+    finally:
+        await _finished(ahead)
+    check_ratio(stats, target)
+    return stats
+
+
+def _record_no(reject: Reject) -> int:
+    return reject.record_no or 0
+
+
+def _made(lane: Lane) -> asyncio.Future[bytes | None]:
+    """The lane's next block, made in a thread."""
+    return asyncio.ensure_future(asyncio.to_thread(lane.next_block))
+
+
+async def _finished(future: asyncio.Future[bytes | None]) -> None:
+    """Wait for a block being made: its thread reads the file, and must not outlive the load."""
+    if not future.done():
+        await asyncio.wait({future})
+
+
+async def _copy_statement(
+    conn: asyncpg.Connection, copy: str, lane: Lane, first: bytes
+) -> tuple[int, Statement, asyncio.Future[bytes | None]]:
+    """One COPY statement of the lane's blocks, from `first` until it is full or the file ends.
+
+    Returns the rows loaded, the statement, and the next statement's first block, already being
+    made: the server waits for this process neither between two blocks nor between statements."""
+    ended: list[tuple[Statement, asyncio.Future[bytes | None]]] = []
+
+    async def blocks() -> AsyncGenerator[bytes, None]:
+        block: bytes | None = first
+        while block is not None:
+            full = lane.statement_full()
+            if full:
+                ended.append((lane.close_statement(), _made(lane)))
+            following = None if full else _made(lane)
+            try:
+                if block:
+                    yield block
+            finally:
+                if following is not None:
+                    await _finished(following)
+            block = None if following is None else following.result()
+        if not ended:  # the end of the file
+            ended.append((lane.close_statement(), _made(lane)))
+
+    source = blocks()
+    try:
+        # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the call
+        # behind it, with our own statement.
+        status = await unless_connection_lost(conn, conn._copy_in(copy, source, None))
+    except BaseException:
+        with contextlib.suppress(RuntimeError):  # still running: it ends with the COPY task
+            await source.aclose()  # waits for the block being made
+        for _, ahead in ended:
+            await _finished(ahead)
+        raise
+    statement, ahead = ended[0]
+    return int(status.split()[-1]), statement, ahead
