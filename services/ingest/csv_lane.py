@@ -13,10 +13,11 @@ next starts, so memory stays bounded whatever the file. Anything else that stops
 would read otherwise than the csv module, a broken encoding, a bad line inside a quoted record,
 a bad value before PostgreSQL 17) rolls this pass back, and the robust path reads the file.
 
-Why not the sequence default the staging table used to number records with: the server evaluated
-`nextval() - current_setting()` and `current_setting()` for every row, a quarter more server time
-than COPY of the bare rows; written by this process, which has a core of its own, the numbers cost
-the server only their parsing (benchmarks/README.md).
+Why this process numbers the records, not the staging table's defaults as it used to: the server
+evaluated `nextval() - current_setting()` and `current_setting()` for every row, about 0.3 s a
+million rows, on the core that COPY is bound by; here numbering and checking cost about 0.3 s a
+million on another core, and the server only parses the two numbers (about 0.07 s). A skipped row
+would also have shifted every number after it (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -54,11 +55,17 @@ from services.ingest.rows import (
     expectation,
     stop_early_if_hopeless,
 )
-from services.ingest.source import READ_SIZE, Stream, line_too_long
+from services.ingest.source import Stream, line_too_long
 
 SEGMENT_BYTES = 8 << 20  # lines sent by one COPY statement: kept until its skipped rows are named
 SEGMENT_REJECTS = CHUNK_ROWS  # rejects held before the statement ends and they are written
+AHEAD = 4  # blocks made before COPY takes them
 BLOCK_LINES = CHUNK_ROWS  # lines looked at a time: a block of short bad lines stays small
+# Bytes read at a time: blocks this size stay in the CPU's cache while they are checked and
+# numbered (1M rows, four runs each, alternating: 1.00–1.02 s in a running process against
+# 1.04–1.13 s with 1 MiB reads).
+# No more than MAX_LINE_BYTES, so that only a line begun in an earlier read can be too long.
+READ_SIZE = 1 << 18
 
 
 class LaneCannotName(asyncpg.DataError):  # type: ignore[misc]
@@ -81,16 +88,20 @@ class LineReader:
         self._next = 0
         self._tail = b""  # the start of a line whose end is not read yet
         self._crlf: bool | None = None  # the first line ends in CR LF
+        self._block = b""  # the pending lines as read
 
-    def next_lines(self) -> tuple[list[bytes], int] | None:
-        """The next lines (without their LF) and the number of the first; None at the end."""
+    def next_lines(self) -> tuple[list[bytes], int, bytes] | None:
+        """The next lines (without their LF), the number of the first, and the lines joined by
+        LF; None at the end."""
         if self._next >= len(self._pending) and not self._fill():
             return None
         lines = self._pending[self._next : self._next + BLOCK_LINES]
+        whole = self._next == 0 and len(lines) == len(self._pending)
+        block = self._block if whole else b"\n".join(lines)  # what was read, as it was read
         self._next += len(lines)
         first = self._lines + 1
         self._lines += len(lines)
-        return lines, first
+        return lines, first, block
 
     def _fill(self) -> bool:
         """Read up to the next newline (or the end); False when nothing is left."""
@@ -100,7 +111,7 @@ class LineReader:
             if not block:
                 if data and self._crlf and data[-1:] != b"\r":
                     data += b"\r"  # COPY wants every line ended alike: the last one as the first
-                self._pending, self._next, self._tail = ([data] if data else []), 0, b""
+                self._pending, self._next, self._tail, self._block = ([data] if data else []), 0, b"", data
                 self._check_lengths(data)
                 return bool(data)
             data += block
@@ -110,11 +121,13 @@ class LineReader:
                 raise line_too_long(self._lines + 1, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
         lines = data.split(b"\n")
         self._tail = lines.pop()
+        self._block = data[: len(data) - len(self._tail) - 1]
         if self._crlf is None:
             self._crlf = lines[0][-1:] == b"\r"
         self._pending, self._next = lines, 0
-        if len(data) > MAX_LINE_BYTES:
-            self._check_lengths(*lines, self._tail)
+        # Only the first line can hold earlier reads; any other ends inside the last read
+        # (READ_SIZE is no more than MAX_LINE_BYTES), and the unfinished one is checked here.
+        self._check_lengths(lines[0], self._tail)
         return True
 
     def _check_lengths(self, *lines: bytes) -> None:
@@ -159,6 +172,7 @@ class Lane:
         self._quote = dialect.quote.encode()
         self._format = b"%b%d" + self._delimiter.replace(b"%", b"%%") + b"%b\n"
         self._head = b"%d" % target.file_id + self._delimiter
+        self._line_format = self._head.replace(b"%", b"%%") + self._format[2:]  # file, record, line
         self._shape = self._delimiter * (self._rows.width - 1) + b"\n"
         self._not_shape = bytes(sorted(set(range(256)) - {10, self._delimiter[0]}))
         separators = bytearray(b"x" * 256)
@@ -179,8 +193,7 @@ class Lane:
         if read is None:
             self.finished = True
             return None
-        lines, first_line = read
-        block = b"\n".join(lines)
+        lines, first_line, block = read
         if self._inside or self._quote in block or self._has_gaps(block):
             payload = self._line_by_line(lines, first_line)
         else:
@@ -215,21 +228,25 @@ class Lane:
         first = self.records + 1
         self.records += len(lines)
         self._mark(first)
-        head, line_format = self._head, self._format
-        parts = [line_format % (head, n, line) for n, line in enumerate(lines, first)]
+        numbers: list[int | bytes] = list(range(first, first + len(lines)))
         if block.translate(None, self._not_shape) + b"\n" != self._shape * len(lines):
             wanted = self._rows.width - 1
             counts = map(bytes.count, lines, repeat(self._delimiter))
             bad = [i for i, count in enumerate(counts) if count != wanted]
-            for i in reversed(bad):
-                del parts[i]
             for i in bad:
                 body = lines[i].removesuffix(b"\r")
                 reject = self._rows.check(body.split(self._delimiter), body, first + i, first_line + i)
                 assert reject is not None  # a field too many or too few
                 self.statement.rejects.append(reject)
-        self.statement.records += len(parts)
-        return b"".join(parts)
+            lines = lines[:]
+            for i in reversed(bad):
+                del lines[i], numbers[i]
+        self.statement.records += len(lines)
+        # One format over the whole block: a third less time than a format a line.
+        values: list[int | bytes] = [b""] * (2 * len(lines))
+        values[0::2] = numbers
+        values[1::2] = lines
+        return (self._line_format * len(lines)) % tuple(values)
 
     def _line_by_line(self, lines: list[bytes], first_line: int) -> bytes:
         """Quotes, blank lines, empty fields: each line on its own, as the robust path reads it."""
@@ -328,11 +345,12 @@ async def copy_lane(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
     lane.keep_sent = skip_bad
     copy = lane_statement(header, target, skip_bad)
     stats = LoadStats()
-    ahead = _made(lane)
+    producer = Producer(lane)
     try:
         with SkippedRows(conn) as skipped:
-            while (first := await ahead) is not None:
-                loaded, statement, ahead = await _copy_statement(conn, copy, lane, first)
+            last = False
+            while not last:
+                loaded, statement, last = await _copy_statement(conn, copy, producer)
                 named = await skipped.named(statement.records - loaded) if loaded < statement.records else []
                 rejects = sorted([*statement.rejects, *lane.skipped(statement, named)], key=_record_no)
                 await ledger.write_rejects(conn, target.file_id, rejects)
@@ -342,7 +360,7 @@ async def copy_lane(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
                 del statement, rejects  # its lines, before the next statement's pile up
                 stop_early_if_hopeless(stats, stream.raw.bytes_read, stream.raw.size, target)
     finally:
-        await _finished(ahead)
+        await producer.stop()
     check_ratio(stats, target)
     return stats
 
@@ -351,53 +369,80 @@ def _record_no(reject: Reject) -> int:
     return reject.record_no or 0
 
 
-def _made(lane: Lane) -> asyncio.Future[bytes | None]:
-    """The lane's next block, made in a thread."""
-    return asyncio.ensure_future(asyncio.to_thread(lane.next_block))
+@dataclass
+class _End:
+    """The end of a statement's blocks (and, when `last`, of the file)."""
+
+    statement: Statement
+    last: bool
 
 
-async def _finished(future: asyncio.Future[bytes | None]) -> None:
-    """Wait for a block being made: its thread reads the file, and must not outlive the load."""
-    if not future.done():
-        await asyncio.wait({future})
+class Producer:
+    """The lane's blocks, made in a thread up to AHEAD blocks before COPY takes them, across the
+    ends of statements: the server waits for this process neither between blocks nor between
+    statements, and two loads in one process each keep their server busy while the other's
+    blocks are made."""
+
+    def __init__(self, lane: Lane) -> None:
+        self._lane = lane
+        self._queue: asyncio.Queue[bytes | _End | BaseException] = asyncio.Queue(AHEAD)
+        self._stopped = False
+        self._task = asyncio.ensure_future(self._run())
+
+    async def get(self) -> bytes | _End:
+        """The next block, or the end of a statement; raises what making a block raised."""
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def stop(self) -> None:
+        """Stop making blocks and wait for the thread: it reads the file, which closes after."""
+        self._stopped = True
+        while not self._task.done():
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            await asyncio.wait({self._task}, timeout=0.05)
+
+    async def _run(self) -> None:
+        lane, put = self._lane, self._queue.put
+        try:
+            while not self._stopped:
+                block = await asyncio.to_thread(lane.next_block)
+                if block is None:
+                    await put(_End(lane.close_statement(), last=True))
+                    return
+                if block:
+                    await put(block)
+                if lane.statement_full():
+                    await put(_End(lane.close_statement(), last=False))
+        except Exception as exc:  # handed to the load, which raises it
+            await put(exc)
 
 
 async def _copy_statement(
-    conn: asyncpg.Connection, copy: str, lane: Lane, first: bytes
-) -> tuple[int, Statement, asyncio.Future[bytes | None]]:
-    """One COPY statement of the lane's blocks, from `first` until it is full or the file ends.
-
-    Returns the rows loaded, the statement, and the next statement's first block, already being
-    made: the server waits for this process neither between two blocks nor between statements."""
-    ended: list[tuple[Statement, asyncio.Future[bytes | None]]] = []
+    conn: asyncpg.Connection, copy: str, producer: Producer
+) -> tuple[int, Statement, bool]:
+    """One COPY statement of the producer's blocks, up to the end of a statement: the rows loaded,
+    the statement, and whether it was the file's last."""
+    first = await producer.get()
+    if isinstance(first, _End):  # nothing to send: every line of it was set aside
+        return 0, first.statement, first.last
+    ended: list[_End] = []
 
     async def blocks() -> AsyncGenerator[bytes, None]:
-        block: bytes | None = first
-        while block is not None:
-            full = lane.statement_full()
-            if full:
-                ended.append((lane.close_statement(), _made(lane)))
-            following = None if full else _made(lane)
-            try:
-                if block:
-                    yield block
-            finally:
-                if following is not None:
-                    await _finished(following)
-            block = None if following is None else following.result()
-        if not ended:  # the end of the file
-            ended.append((lane.close_statement(), _made(lane)))
+        item: bytes | _End = first
+        while isinstance(item, bytes):
+            yield item
+            item = await producer.get()
+        ended.append(item)
 
     source = blocks()
     try:
         # asyncpg's public copy_to_table cannot pass ON_ERROR / LOG_VERBOSITY; _copy_in is the call
         # behind it, with our own statement.
         status = await unless_connection_lost(conn, conn._copy_in(copy, source, None))
-    except BaseException:
+    finally:
         with contextlib.suppress(RuntimeError):  # still running: it ends with the COPY task
-            await source.aclose()  # waits for the block being made
-        for _, ahead in ended:
-            await _finished(ahead)
-        raise
-    statement, ahead = ended[0]
-    return int(status.split()[-1]), statement, ahead
+            await source.aclose()
+    return int(status.split()[-1]), ended[0].statement, ended[0].last

@@ -156,3 +156,27 @@ def test_a_semicolon_file_with_bad_rows_is_read_once(
         (2, 3, "register_kwh", "x", "not a number"),
         (3, 4, None, "M3;2024-01-15T00:20:00Z;3.5", "has 3 fields; the header has 4"),
     ]
+
+
+def test_a_bad_quoted_line_in_a_later_statement_hands_the_file_to_the_robust_path(
+    settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quoted lines are checked by COPY alone: a missing meter stops the third statement, the
+    two before it roll back with it, and the robust path loads the file from the start."""
+    monkeypatch.setattr(csv_lane, "SEGMENT_BYTES", 64)
+    monkeypatch.setattr(csv_lane, "BLOCK_LINES", 1)
+    caplog.set_level(logging.INFO, logger="services.ingest")
+    settings.max_reject_ratio = 0.9
+    content = "".join(GOOD.format(n=n) for n in range(1, 6)) + '"",2024-01-15T00:06:00Z,6.5,6\n'
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_lane.csv", METER_HEADER + content))
+
+    assert [(o.status, o.rows_loaded, o.rows_rejected) for o in result.outcomes] == [
+        ("loaded_with_rejects", 5, 1)
+    ]
+    assert "COPY refused the file as it is (NotNullViolationError)" in caplog.text
+    assert "(robust path)" in caplog.text
+    rows = fetch(dsn, "SELECT _record_no, meter_id FROM staging.meter_readings ORDER BY 1")
+    assert [tuple(r) for r in rows] == [(n, f"M{n}") for n in range(1, 6)]
+    rejects = fetch(dsn, "SELECT record_no, line_no, column_name, reason FROM ingest.rejected_rows")
+    assert [tuple(r) for r in rejects] == [(6, 7, "meter_id", "a required value is missing")]

@@ -71,7 +71,8 @@ def test_a_staging_table_of_the_sequence_era_is_brought_up_to_date(dsn: str) -> 
         "SET DEFAULT nextval('staging.meter_readings__record_no')",
         "INSERT INTO staging.meter_readings (_file_id, meter_id, reading_at, power_w) "
         "VALUES (1, 'M1', '2024-01-15T00:00Z', 5)",
-        "ALTER TABLE staging.meter_readings ADD CONSTRAINT lb_rule_meter_id_present CHECK (btrim(meter_id) <> '')",
+        "ALTER TABLE staging.meter_readings "
+        "ADD CONSTRAINT lb_rule_meter_id_present CHECK (btrim(meter_id) <> '')",
         "ALTER INDEX staging.meter_readings__reading_at SET (autosummarize = on)",
         "COMMENT ON TABLE staging.meter_readings IS 'an older declaration'",
     ):

@@ -69,4 +69,3 @@ def test_two_loads_of_one_table_are_inside_their_transactions_at_once(settings: 
         "FROM staging.meter_readings GROUP BY meter_id ORDER BY meter_id",
     )
     assert [tuple(r) for r in numbering] == [("A", 1, ROWS, ROWS, True), ("B", 1, ROWS, ROWS, True)]
-

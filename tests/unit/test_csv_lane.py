@@ -49,7 +49,9 @@ def lane_of(tmp_path: Path, opened: list[int], body: bytes) -> Lane:
 def all_lines(reader: LineReader) -> list[tuple[list[bytes], int]]:
     out = []
     while (read := reader.next_lines()) is not None:
-        out.append(read)
+        lines, first, block = read
+        assert block == b"\n".join(lines)
+        out.append((lines, first))
     return out
 
 
