@@ -90,6 +90,11 @@ class LineReader:
         self._crlf: bool | None = None  # the first line ends in CR LF
         self._block = b""  # the pending lines as read
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the file read so far (for an estimate of how many records it holds)."""
+        return self._stream.raw.bytes_read
+
     def next_lines(self) -> tuple[list[bytes], int, bytes] | None:
         """The next lines (without their LF), the number of the first, and the lines joined by
         LF; None at the end."""
@@ -148,6 +153,7 @@ class Statement:
     size: int = 0  # bytes sent
     multi_line: bool = False  # a record over several lines was sent
     read: int = 0  # records read when it ended, set-aside ones included
+    read_bytes: int = 0  # bytes of the file read when it ended
     marks: list[int] = field(default_factory=lambda: [0])  # from these records on…
     shifts: list[int] = field(default_factory=list)  # …their lines are shifted this much
 
@@ -213,7 +219,7 @@ class Lane:
     def close_statement(self) -> Statement:
         """The statement so far; the next block starts another."""
         done, self.statement = self.statement, Statement(shift=self._shift)
-        done.read = self.records
+        done.read, done.read_bytes = self.records, self._reader.bytes_read
         return done
 
     # --- a block at a time ---------------------------------------------------------------------
@@ -355,10 +361,11 @@ async def copy_lane(conn: asyncpg.Connection, stream: Stream, header: HeaderMap,
                 rejects = sorted([*statement.rejects, *lane.skipped(statement, named)], key=_record_no)
                 await ledger.write_rejects(conn, target.file_id, rejects)
                 stats.rows_loaded += loaded
-                stats.records = statement.read
+                stats.records, read_bytes = statement.read, statement.read_bytes
                 stats.note_rejects(rejects)
                 del statement, rejects  # its lines, before the next statement's pile up
-                stop_early_if_hopeless(stats, stream.raw.bytes_read, stream.raw.size, target)
+                stop_early_if_hopeless(stats, read_bytes, stream.raw.size, target)
+                producer.next_statement()
     finally:
         await producer.stop()
     check_ratio(stats, target)
@@ -386,6 +393,9 @@ class Producer:
     def __init__(self, lane: Lane) -> None:
         self._lane = lane
         self._queue: asyncio.Queue[bytes | _End | BaseException] = asyncio.Queue(AHEAD)
+        # A statement ends only once the one before it is written: a file of bad lines holds the
+        # rejects of two statements at most.
+        self._written = asyncio.Semaphore(1)
         self._stopped = False
         self._task = asyncio.ensure_future(self._run())
 
@@ -400,9 +410,15 @@ class Producer:
         """Stop making blocks and wait for the thread: it reads the file, which closes after."""
         self._stopped = True
         while not self._task.done():
-            while not self._queue.empty():
+            while not self._queue.empty():  # it may wait to put a block…
                 self._queue.get_nowait()
+            self.next_statement()  # …or to end a statement
             await asyncio.wait({self._task}, timeout=0.05)
+
+    def next_statement(self) -> None:
+        """The statement taken last is written: the next may end."""
+        if self._written.locked():
+            self._written.release()
 
     async def _run(self) -> None:
         lane, put = self._lane, self._queue.put
@@ -415,6 +431,7 @@ class Producer:
                 if block:
                     await put(block)
                 if lane.statement_full():
+                    await self._written.acquire()
                     await put(_End(lane.close_statement(), last=False))
         except Exception as exc:  # handed to the load, which raises it
             await put(exc)

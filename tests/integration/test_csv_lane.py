@@ -180,3 +180,19 @@ def test_a_bad_quoted_line_in_a_later_statement_hands_the_file_to_the_robust_pat
     assert [tuple(r) for r in rows] == [(n, f"M{n}") for n in range(1, 6)]
     rejects = fetch(dsn, "SELECT record_no, line_no, column_name, reason FROM ingest.rejected_rows")
     assert [tuple(r) for r in rejects] == [(6, 7, "meter_id", "a required value is missing")]
+
+
+def test_a_hopeless_file_stops_while_the_next_statement_waits(
+    settings: Settings, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane waits to end a statement until the one before is written; giving up in between
+    must stop it all the same."""
+    monkeypatch.setattr(csv_lane, "SEGMENT_REJECTS", 2_000)
+    monkeypatch.setattr(csv_lane, "BLOCK_LINES", 1_000)
+    content = ",2024-01-15T00:00:00Z,1,1\n" * 30_000
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_lane.csv", METER_HEADER + content))
+
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.rows_loaded) == ("failed", 0)
+    assert (outcome.error or "").startswith("10000 of the first 10000 rows are bad (100.0%")
