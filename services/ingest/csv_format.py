@@ -144,7 +144,7 @@ async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMa
     await copy_fast(conn, stream, header, target, into=landing)
     converting = {c.column for c in numbers_to_convert(header, target)}
     pattern, strip = _number_style(target.dataset)
-    params = [target.dataset.decimal_mark]  # $1
+    params: list[object] = [target.dataset.decimal_mark]  # $1
     stripped = "{}"
     if strip:
         params.append(strip)
@@ -162,10 +162,11 @@ async def copy_landed(conn: asyncpg.Connection, stream: Stream, header: HeaderMa
         else f"{quote_ident(c.column)}::{SQL_TYPES[c.type]}"
         for c in columns
     ]
+    params.append(target.file_id)
     status = await conn.execute(
         f"INSERT INTO {table_name(target.schema, target.dataset.table)} "
-        f"(_record_no, {', '.join(quote_ident(c.column) for c in columns)}) "
-        f"SELECT _n, {', '.join(values)} FROM {landing}",
+        f"(_file_id, _record_no, {', '.join(quote_ident(c.column) for c in columns)}) "
+        f"SELECT ${len(params)}::bigint, _n, {', '.join(values)} FROM {landing}",
         *params,
     )
     await conn.execute(f"DROP TABLE {landing}")

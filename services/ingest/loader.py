@@ -217,9 +217,7 @@ async def load_file(
 ) -> LoadStats:
     """Load a claimed file through its format module, inside the load's transaction."""
     await conn.execute(
-        "SELECT set_config('loadbay.file_id', $1, true), set_config('TimeZone', $2, true), "
-        "set_config('DateStyle', 'ISO, YMD', true)",
-        str(target.file_id),
+        "SELECT set_config('TimeZone', $1, true), set_config('DateStyle', 'ISO, YMD', true)",
         target.source_timezone,
     )
     source = Source(file.fd, file.identity.size, file.sha256, target.label, fmt)

@@ -62,13 +62,15 @@ def test_a_database_where_analysis_created_the_table_migrates(pg: Server) -> Non
 
 
 def test_a_staging_table_of_the_sequence_era_is_brought_up_to_date(dsn: str) -> None:
-    """Tables made while `_record_no` came from a sequence default, with rules by their old names
-    and autosummarize on: the sync drops the default and the sequence, renames the rules by their
-    expression and resets autosummarize, keeping the rows."""
+    """Tables made while `_file_id` and `_record_no` came from defaults (a session setting, a
+    sequence), with rules by their old names and autosummarize on: the sync drops the defaults and
+    the sequence, renames the rules by their expression and resets autosummarize, keeping the rows."""
     for statement in (
         "CREATE SEQUENCE staging.meter_readings__record_no",
         "ALTER TABLE staging.meter_readings ALTER COLUMN _record_no "
         "SET DEFAULT nextval('staging.meter_readings__record_no')",
+        "ALTER TABLE staging.meter_readings ALTER COLUMN _file_id "
+        "SET DEFAULT current_setting('loadbay.file_id')::bigint",
         "INSERT INTO staging.meter_readings (_file_id, meter_id, reading_at, power_w) "
         "VALUES (1, 'M1', '2024-01-15T00:00Z', 5)",
         "ALTER TABLE staging.meter_readings "
@@ -81,14 +83,13 @@ def test_a_staging_table_of_the_sequence_era_is_brought_up_to_date(dsn: str) -> 
     migrate(dsn, Settings(_env_file=None), DatasetRegistry.from_toml({}))
 
     assert fetchval(dsn, "SELECT to_regclass('staging.meter_readings__record_no')") is None
-    assert (
-        fetchval(
-            dsn,
-            "SELECT column_default FROM information_schema.columns "
-            "WHERE table_schema = 'staging' AND table_name = 'meter_readings' AND column_name = '_record_no'",
-        )
-        is None
+    defaults = fetch(
+        dsn,
+        "SELECT column_name, column_default FROM information_schema.columns "
+        "WHERE table_schema = 'staging' AND table_name = 'meter_readings' AND column_name LIKE '\\_%' "
+        "ORDER BY 1",
     )
+    assert [tuple(r) for r in defaults] == [("_extra", None), ("_file_id", None), ("_record_no", None)]
     rules = fetch(
         dsn,
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
