@@ -40,6 +40,7 @@ from services.ingest import ledger
 from services.ingest.csv_dialect import Dialect
 from services.ingest.csv_load import (
     MAX_LINE_BYTES,
+    MAX_RECORD_LINES,
     ONE_RECORD_A_LINE,
     PG_ENCODINGS,
     CsvRows,
@@ -60,12 +61,19 @@ from services.ingest.source import Stream, line_too_long
 SEGMENT_BYTES = 8 << 20  # lines sent by one COPY statement: kept until its skipped rows are named
 SEGMENT_REJECTS = CHUNK_ROWS  # rejects held before the statement ends and they are written
 AHEAD = 4  # blocks made before COPY takes them
+MAX_RECORD_BYTES = 16 << 20  # a record over several lines (a statement cannot end inside one)
 BLOCK_LINES = CHUNK_ROWS  # lines looked at a time: a block of short bad lines stays small
 # Bytes read at a time: blocks this size stay in the CPU's cache while they are checked and
 # numbered (1M rows, four runs each, alternating: 1.00–1.02 s in a running process against
 # 1.04–1.13 s with 1 MiB reads).
 # No more than MAX_LINE_BYTES, so that only a line begun in an earlier read can be too long.
 READ_SIZE = 1 << 18
+
+
+class QuoteRunsOn(asyncpg.DataError):  # type: ignore[misc]
+    """A quoted field stays open past MAX_RECORD_LINES lines or MAX_RECORD_BYTES: a statement cannot
+    end inside it, so its lines would pile up. The robust path reads the file (and rejects the
+    line the quote opened on)."""
 
 
 class LaneCannotName(asyncpg.DataError):  # type: ignore[misc]
@@ -190,6 +198,7 @@ class Lane:
         self.finished = False
         self._reader = LineReader(stream, target.label)
         self._inside = False  # a quoted field is open at the end of the last line looked at
+        self._open_lines = self._open_bytes = 0  # of the quoted record still open
         self._shift = 0  # lines so far that hold no record's start (blank, or inside a record)
         self.statement = Statement(shift=0)
 
@@ -261,6 +270,10 @@ class Lane:
         for i, line in enumerate(lines):
             if self._inside:  # a line of a record that began above
                 self._shift += 1
+                self._open_lines += 1
+                self._open_bytes += len(line)
+                if self._open_lines > MAX_RECORD_LINES or self._open_bytes > MAX_RECORD_BYTES:
+                    raise QuoteRunsOn(f"a quote opened {self._open_lines} lines before line {first_line + i}")
                 self.statement.multi_line = True
                 if quote in line:
                     self._inside = same_as_copy(line, True, self._dialect)
@@ -273,6 +286,7 @@ class Lane:
             self.records += 1
             record = self.records
             self._mark(record)
+            self._open_lines = self._open_bytes = 0
             if quote in body:
                 # Checked by COPY alone: a bad quoted record stops it, and the robust path reads it.
                 self._inside = same_as_copy(line, False, self._dialect)

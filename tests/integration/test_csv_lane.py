@@ -196,3 +196,20 @@ def test_a_hopeless_file_stops_while_the_next_statement_waits(
     [outcome] = result.outcomes
     assert (outcome.status, outcome.rows_loaded) == ("failed", 0)
     assert (outcome.error or "").startswith("10000 of the first 10000 rows are bad (100.0%")
+
+
+def test_a_quote_that_never_closes_hands_the_file_to_the_robust_path(
+    settings: Settings, dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The robust path rejects the line the quote opened on and reads on from the next."""
+    monkeypatch.setattr(csv_lane, "MAX_RECORD_LINES", 3)
+    caplog.set_level(logging.INFO, logger="services.ingest")
+    settings.max_reject_ratio = 0.9
+    content = GOOD.format(n=1) + '"M2,2024-01-15T00:02:00Z,2.5,2\n' + GOOD.format(n=3) * 5
+
+    result = ingest(settings, drop(settings.imports_dir, "meter_lane.csv", METER_HEADER + content))
+
+    assert "COPY refused the file as it is (QuoteRunsOn)" in caplog.text
+    assert [(o.status, o.rows_loaded, o.rows_rejected) for o in result.outcomes] == [
+        ("loaded_with_rejects", 6, 1)
+    ]

@@ -12,7 +12,7 @@ import pytest
 from app.errors import MalformedFile
 from models.datasets import DatasetRegistry
 from services.ingest import csv_lane
-from services.ingest.csv_lane import Lane, LaneCannotName, LineReader
+from services.ingest.csv_lane import Lane, LaneCannotName, LineReader, QuoteRunsOn
 from services.ingest.csv_load import map_header, read_header
 from services.ingest.formats import format_of
 from services.ingest.rows import Reject, Target
@@ -162,3 +162,18 @@ def test_a_statement_ends_only_between_records(
     assert (first.records, first.read, first.multi_line) == (1, 1, True)
     assert (lane.next_block(), lane.statement.records) == (b"7,2,M2,2024-01-15T00:10:00Z,2,2\n", 1)
     assert lane.close_statement().line_of(2) == 4
+
+
+@pytest.mark.parametrize(("limit", "size"), [(3, 16 << 20), (10_000, 60)], ids=["lines", "bytes"])
+def test_a_quote_that_never_closes_stops_the_pass_before_its_lines_pile_up(
+    tmp_path: Path, opened: list[int], monkeypatch: pytest.MonkeyPatch, limit: int, size: int
+) -> None:
+    monkeypatch.setattr(csv_lane, "MAX_RECORD_LINES", limit)
+    monkeypatch.setattr(csv_lane, "MAX_RECORD_BYTES", size)
+    monkeypatch.setattr(csv_lane, "BLOCK_LINES", 1)
+    lane = lane_of(tmp_path, opened, b'"M1,2024-01-15T00:00:00Z,1.5,1\n' + b"more text of the quote\n" * 10)
+
+    with pytest.raises(QuoteRunsOn):
+        while lane.next_block() is not None:
+            pass
+    assert lane.records == 1
