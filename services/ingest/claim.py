@@ -60,6 +60,7 @@ class ClaimedFile:
     identity: FileIdentity
     received_at: datetime | None
     origin: Origin
+    leased: bool = False  # a read lease on `fd` keeps writers out (Source.leased)
 
     @property
     def name(self) -> str:

@@ -1,12 +1,13 @@
 """The CSV fast path: one pass over the file, each record sent to COPY behind its `_file_id` and
 `_record_no`, a block of lines at a time.
 
-What would stop COPY halfway is looked for in whole blocks of bytes, at C speed: a field too many
-or too few (the block's delimiters and newlines against the header's shape), an empty or blank
-field (which a required column or an "at least one of" group may not have), a blank line, a NUL
-byte, a quote. Only a block where one turns up is read line by line, and its bad lines are set
-aside as rejects, worded as the robust path words them. Values PostgreSQL cannot type are skipped
-by COPY itself (`ON_ERROR ignore`, PostgreSQL 17+), which names each one in a notice.
+What would stop COPY halfway is looked for in whole blocks of bytes (csv_blocks.py, numpy): a
+field too many or too few (each line's delimiters against the header's), an empty or blank field
+(which a required column or an "at least one of" group may not have), a blank line, a NUL byte, a
+quote. A block with a line of the wrong shape has that line set aside and the rest numbered whole;
+only a block with a gap or a quote is read line by line. Bad lines become rejects, worded as the
+robust path words them. Values PostgreSQL cannot type are skipped by COPY itself (`ON_ERROR
+ignore`, PostgreSQL 17+), which names each one in a notice.
 
 The lines go out in COPY statements of SEGMENT_BYTES; the rejects of each are written before the
 next starts, so memory stays bounded whatever the file. Anything else that stops COPY (a quote COPY
@@ -15,9 +16,9 @@ a bad value before PostgreSQL 17) rolls this pass back, and the robust path read
 
 Why this process numbers the records, not the staging table's defaults as it used to: the server
 evaluated `nextval() - current_setting()` and `current_setting()` for every row, about 0.3 s a
-million rows, on the core that COPY is bound by; here numbering and checking cost about 0.3 s a
-million on another core, and the server only parses the two numbers (about 0.07 s). A skipped row
-would also have shifted every number after it (benchmarks/README.md).
+million rows, on the core that COPY is bound by; here reading, checking and numbering cost about
+0.15 s of CPU a million rows in a thread, and the server only parses the two numbers (about
+0.07 s). A skipped row would also have shifted every number after it (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ import contextlib
 import csv
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate
 
 import asyncpg
+import numpy as np
 
-from app.db import unless_connection_lost
+from app.db import unless_connection_lost, widen_send_buffer
 from app.schema import quote_ident, table_name
 from models.headers import HeaderMap
 from services.ingest import ledger
+from services.ingest.csv_blocks import Seen, line_count, line_ends, numbered, see, without
 from services.ingest.csv_dialect import Dialect
 from services.ingest.csv_load import (
     MAX_LINE_BYTES,
@@ -61,6 +64,7 @@ from services.ingest.source import Stream, line_too_long
 SEGMENT_BYTES = 8 << 20  # lines sent by one COPY statement: kept until its skipped rows are named
 SEGMENT_REJECTS = CHUNK_ROWS  # rejects held before the statement ends and they are written
 AHEAD = 4  # blocks made before COPY takes them
+BATCH = 4  # blocks made in one trip to the thread
 MAX_RECORD_BYTES = 16 << 20  # a record over several lines (a statement cannot end inside one)
 BLOCK_LINES = CHUNK_ROWS  # lines looked at a time: a block of short bad lines stays small
 # Bytes read at a time: blocks this size stay in the CPU's cache while they are checked and
@@ -85,68 +89,87 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+@dataclass
+class Block:
+    """Complete lines of the file, as read: joined by LF (the last one's is not in `data`)."""
+
+    data: bytes
+    count: int  # lines
+    first_line: int = 0  # the physical line number of the first
+    split: list[bytes] | None = None
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines, without their LF (split only for a block read line by line)."""
+        if self.split is None:
+            self.split = self.data.split(b"\n")
+        return self.split
+
+
 class LineReader:
-    """A stream's complete lines, BLOCK_LINES at a time, none longer than MAX_LINE_BYTES."""
+    """A stream's complete lines, a block of at most BLOCK_LINES at a time, none longer than
+    MAX_LINE_BYTES."""
 
     def __init__(self, stream: Stream, label: str) -> None:
         self._stream = stream
         self._label = label
         self._lines = 1  # physical lines read: the header is line 1
-        self._pending: list[bytes] = []  # complete lines read, from index _next on
-        self._next = 0
+        self._pending: list[Block] = []  # blocks read and not handed out, in reverse order
         self._tail = b""  # the start of a line whose end is not read yet
         self._crlf: bool | None = None  # the first line ends in CR LF
-        self._block = b""  # the pending lines as read
 
     @property
     def bytes_read(self) -> int:
         """Bytes of the file read so far (for an estimate of how many records it holds)."""
         return self._stream.raw.bytes_read
 
-    def next_lines(self) -> tuple[list[bytes], int, bytes] | None:
-        """The next lines (without their LF), the number of the first, and the lines joined by
-        LF; None at the end."""
-        if self._next >= len(self._pending) and not self._fill():
+    def next_block(self) -> Block | None:
+        """The next lines; None at the end."""
+        if not self._pending and not self._fill():
             return None
-        lines = self._pending[self._next : self._next + BLOCK_LINES]
-        whole = self._next == 0 and len(lines) == len(self._pending)
-        block = self._block if whole else b"\n".join(lines)  # what was read, as it was read
-        self._next += len(lines)
-        first = self._lines + 1
-        self._lines += len(lines)
-        return lines, first, block
+        block = self._pending.pop()
+        block.first_line = self._lines + 1
+        self._lines += block.count
+        return block
 
     def _fill(self) -> bool:
-        """Read up to the next newline (or the end); False when nothing is left."""
-        data = self._tail
+        """Read up to the last newline of a read (or the end); False when nothing is left."""
+        parts, size = [self._tail], len(self._tail)
         while True:
-            block = self._stream.read(READ_SIZE)
-            if not block:
+            read = self._stream.read(READ_SIZE)
+            if not read:
+                data = b"".join(parts)
                 if data and self._crlf and data[-1:] != b"\r":
                     data += b"\r"  # COPY wants every line ended alike: the last one as the first
-                self._pending, self._next, self._tail, self._block = ([data] if data else []), 0, b"", data
-                self._check_lengths(data)
+                self._tail = b""
+                self._pending = [Block(data, 1)] if data else []
                 return bool(data)
-            data += block
-            if b"\n" in block:
+            end = read.rfind(b"\n")
+            if end >= 0:
                 break
-            if len(data) > MAX_LINE_BYTES:
+            parts.append(read)
+            size += len(read)
+            if size > MAX_LINE_BYTES:
                 raise line_too_long(self._lines + 1, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        self._block = data[: len(data) - len(self._tail) - 1]
+        self._tail = read[end + 1 :]
+        body = b"".join([*parts, memoryview(read)[:end]])  # one copy of what was read
+        first_end = body.find(b"\n")
+        if first_end < 0:  # one line
+            first_end = len(body)
         if self._crlf is None:
-            self._crlf = lines[0][-1:] == b"\r"
-        self._pending, self._next = lines, 0
-        # Only the first line can hold earlier reads; any other ends inside the last read
-        # (READ_SIZE is no more than MAX_LINE_BYTES), and the unfinished one is checked here.
-        self._check_lengths(lines[0], self._tail)
+            self._crlf = body[first_end - 1 : first_end] == b"\r"
+        # Only the first line can hold earlier reads: any other ends inside the last read
+        # (READ_SIZE is no more than MAX_LINE_BYTES).
+        if first_end > MAX_LINE_BYTES:
+            raise line_too_long(self._lines + 1, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
+        count = line_count(body)
+        if count <= BLOCK_LINES:
+            self._pending = [Block(body, count)]
+        else:  # short lines (blank ones, say): a block of bad ones stays small
+            lines = body.split(b"\n")
+            chunks = [lines[at : at + BLOCK_LINES] for at in range(0, count, BLOCK_LINES)]
+            self._pending = [Block(b"\n".join(chunk), len(chunk), split=chunk) for chunk in reversed(chunks)]
         return True
-
-    def _check_lengths(self, *lines: bytes) -> None:
-        if max(map(len, lines), default=0) > MAX_LINE_BYTES:
-            at = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
-            raise line_too_long(self._lines + 1 + at, MAX_LINE_BYTES, self._label, ONE_RECORD_A_LINE)
 
 
 @dataclass
@@ -186,12 +209,6 @@ class Lane:
         self._quote = dialect.quote.encode()
         self._format = b"%b%d" + self._delimiter.replace(b"%", b"%%") + b"%b\n"
         self._head = b"%d" % target.file_id + self._delimiter
-        self._line_format = self._head.replace(b"%", b"%%") + self._format[2:]  # file, record, line
-        self._shape = self._delimiter * (self._rows.width - 1) + b"\n"
-        self._not_shape = bytes(sorted(set(range(256)) - {10, self._delimiter[0]}))
-        separators = bytearray(b"x" * 256)
-        separators[10] = separators[self._delimiter[0]] = ord("S")
-        self._separators = bytes(separators)
         self.types_as_copy = not any(self._rows.plan.converters)  # PostgreSQL types every value
         self.keep_sent = False  # keep this statement's lines, to name the rows it skips
         self.records = 0  # records read, rejected ones included
@@ -204,15 +221,16 @@ class Lane:
 
     def next_block(self) -> bytes | None:
         """The next block of COPY lines (empty when all its lines were set aside); None at the end."""
-        read = self._reader.next_lines()
-        if read is None:
+        block = self._reader.next_block()
+        if block is None:
             self.finished = True
             return None
-        lines, first_line, block = read
-        if self._inside or self._quote in block or self._has_gaps(block):
-            payload = self._line_by_line(lines, first_line)
+        data = block.data
+        if self._inside or self._quote in data or b"\x00" in data:
+            payload = self._line_by_line(block)
         else:
-            payload = self._whole(lines, block, first_line)
+            seen = see(data, block.count, self._delimiter, self._rows.width)
+            payload = self._line_by_line(block) if seen.gaps else self._whole(block, seen)
         if self.keep_sent and payload:
             self.statement.sent.append(payload)
         self.statement.size += len(payload)
@@ -233,38 +251,29 @@ class Lane:
 
     # --- a block at a time ---------------------------------------------------------------------
 
-    def _has_gaps(self, block: bytes) -> bool:
-        """An empty or blank field, a blank line or a NUL byte somewhere in the block."""
-        bare = block.translate(self._separators, b" \r")
-        return b"SS" in bare or bare[:1] == b"S" or bare[-1:] == b"S" or b"\x00" in block
-
-    def _whole(self, lines: list[bytes], block: bytes, first_line: int) -> bytes:
-        """Lines without quotes, blank lines or empty fields: only the shape can be wrong."""
+    def _whole(self, block: Block, seen: Seen) -> bytes:
+        """Lines without quotes, blank lines or empty fields: those with a field too many or too
+        few are set aside, the others numbered."""
         first = self.records + 1
-        self.records += len(lines)
+        self.records += block.count
         self._mark(first)
-        numbers: list[int | bytes] = list(range(first, first + len(lines)))
-        if block.translate(None, self._not_shape) + b"\n" != self._shape * len(lines):
-            wanted = self._rows.width - 1
-            counts = map(bytes.count, lines, repeat(self._delimiter))
-            bad = [i for i, count in enumerate(counts) if count != wanted]
-            for i in bad:
-                body = lines[i].removesuffix(b"\r")
-                reject = self._rows.check(body.split(self._delimiter), body, first + i, first_line + i)
+        data, ends, numbers = block.data, seen.ends, np.arange(first, first + block.count)
+        if seen.wrong.size:
+            data, taken = without(data, ends, seen.wrong)
+            for i, line in zip(seen.wrong.tolist(), taken, strict=True):
+                body = line.removesuffix(b"\r")
+                reject = self._rows.check(body.split(self._delimiter), body, first + i, block.first_line + i)
                 assert reject is not None  # a field too many or too few
                 self.statement.rejects.append(reject)
-            lines = lines[:]
-            for i in reversed(bad):
-                del lines[i], numbers[i]
-        self.statement.records += len(lines)
-        # One format over the whole block: a third less time than a format a line.
-        values: list[int | bytes] = [b""] * (2 * len(lines))
-        values[0::2] = numbers
-        values[1::2] = lines
-        return (self._line_format * len(lines)) % tuple(values)
+            if not data:
+                return b""
+            ends, numbers = line_ends(data), np.delete(numbers, seen.wrong)
+        self.statement.records += numbers.size
+        return numbered(data, ends, self._head, self._delimiter, numbers)
 
-    def _line_by_line(self, lines: list[bytes], first_line: int) -> bytes:
+    def _line_by_line(self, block: Block) -> bytes:
         """Quotes, blank lines, empty fields: each line on its own, as the robust path reads it."""
+        lines, first_line = block.lines, block.first_line
         parts: list[bytes] = []
         rows, delimiter, quote = self._rows, self._delimiter, self._quote
         for i, line in enumerate(lines):
@@ -360,6 +369,7 @@ def lane_statement(header: HeaderMap, target: Target, skip_bad: bool) -> str:
 async def copy_lane(conn: asyncpg.Connection, stream: Stream, header: HeaderMap, target: Target) -> LoadStats:
     """Load the rest of the stream (the header is read) in one pass; rejects are recorded."""
     lane = Lane(stream, header, target)
+    widen_send_buffer(conn)
     # A value the robust path would convert (a lone decimal comma in a `;` file) must stop COPY.
     skip_bad = conn.get_server_version().major >= 17 and lane.types_as_copy
     lane.keep_sent = skip_bad
@@ -434,16 +444,31 @@ class Producer:
         if self._written.locked():
             self._written.release()
 
+    def _some_blocks(self) -> tuple[list[bytes], bool]:
+        """Up to BATCH blocks, made in one trip to the thread (each trip costs the event loop about
+        as much as checking and numbering a block), up to the end of the statement; and whether
+        the file has ended."""
+        lane, made = self._lane, list[bytes]()
+        while len(made) < BATCH and not self._stopped:
+            block = lane.next_block()
+            if block is None:
+                return made, True
+            if block:
+                made.append(block)
+            if lane.statement_full():
+                break
+        return made, False
+
     async def _run(self) -> None:
         lane, put = self._lane, self._queue.put
         try:
             while not self._stopped:
-                block = await asyncio.to_thread(lane.next_block)
-                if block is None:
+                made, ended = await asyncio.to_thread(self._some_blocks)
+                for block in made:
+                    await put(block)
+                if ended:
                     await put(_End(lane.close_statement(), last=True))
                     return
-                if block:
-                    await put(block)
                 if lane.statement_full():
                     await self._written.acquire()
                     await put(_End(lane.close_statement(), last=False))

@@ -87,9 +87,9 @@ class Loader:
             return FileOutcome(name, "skipped", error="gone before it could be read")
         try:
             # Held until the file is moved (closing fd ends it): no writer can slip in meanwhile.
-            hold_read_lease(fd)
+            leased = hold_read_lease(fd)
             sha256, identity = await asyncio.to_thread(hash_fd, fd)
-            return await self._claim(ClaimedFile(path, fd, sha256, identity, received_at, origin))
+            return await self._claim(ClaimedFile(path, fd, sha256, identity, received_at, origin, leased))
         finally:
             os.close(fd)
 
@@ -147,7 +147,7 @@ class Loader:
         by_name = self.registry.by_name(file.name)
         if by_name is not None:
             return by_name
-        source = Source(file.fd, file.identity.size, file.sha256, file.name, fmt)
+        source = Source(file.fd, file.identity.size, file.sha256, file.name, fmt, file.leased)
         fields = format_named(fmt).field_names(source, None)
         by_fields = self.registry.by_header(fields)
         if by_fields is not None:
@@ -220,5 +220,5 @@ async def load_file(
         "SELECT set_config('TimeZone', $1, true), set_config('DateStyle', 'ISO, YMD', true)",
         target.source_timezone,
     )
-    source = Source(file.fd, file.identity.size, file.sha256, target.label, fmt)
+    source = Source(file.fd, file.identity.size, file.sha256, target.label, fmt, file.leased)
     return await format_named(fmt).load(conn, source, target, registry)

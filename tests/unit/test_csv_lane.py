@@ -48,10 +48,10 @@ def lane_of(tmp_path: Path, opened: list[int], body: bytes) -> Lane:
 
 def all_lines(reader: LineReader) -> list[tuple[list[bytes], int]]:
     out = []
-    while (read := reader.next_lines()) is not None:
-        lines, first, block = read
-        assert block == b"\n".join(lines)
-        out.append((lines, first))
+    while (block := reader.next_block()) is not None:
+        assert block.data == b"\n".join(block.lines)
+        assert block.count == len(block.lines)
+        out.append((block.lines, block.first_line))
     return out
 
 
@@ -114,6 +114,45 @@ def test_bad_lines_are_set_aside_and_blank_lines_skipped(tmp_path: Path, opened:
         Reject(3, 5, "meter_id", None, "a required value is missing", "meter_readings"),
     ]
     assert (lane.records, lane.statement.records) == (4, 2)
+
+
+def test_lines_of_the_wrong_shape_are_set_aside_from_a_block_seen_whole(
+    tmp_path: Path, opened: list[int]
+) -> None:
+    lane = lane_of(
+        tmp_path,
+        opened,
+        b"".join(b"M%d,2024-01-15T00:00:00Z,%d,1\r\n" % (i, i) for i in range(1, 10))
+        + b"M10,2024-01-15T00:00:00Z,10,1,9\r\nM11,2024-01-15T00:00:00Z\r\nM12,2024-01-15T00:00:00Z,12,1\r\n"
+        + b"M13,2024-01-15T00:00:00Z,13,1",
+    )
+
+    payload = lane.next_block()
+
+    # Records 1–9 and 12 are sent: the numbers of the block take two digits.
+    assert payload is not None
+    assert payload.split(b"\n")[:2] == [
+        b"7,01,M1,2024-01-15T00:00:00Z,1,1\r",
+        b"7,02,M2,2024-01-15T00:00:00Z,2,1\r",
+    ]
+    assert payload.split(b"\n")[8:] == [
+        b"7,09,M9,2024-01-15T00:00:00Z,9,1\r",
+        b"7,12,M12,2024-01-15T00:00:00Z,12,1\r",
+        b"",
+    ]
+    assert lane.next_block() == b"7,13,M13,2024-01-15T00:00:00Z,13,1\r\n"  # the last line, its CR added
+    assert lane.statement.rejects == [
+        Reject(
+            10,
+            11,
+            None,
+            "M10,2024-01-15T00:00:00Z,10,1,9",
+            "has 5 fields; the header has 4",
+            "meter_readings",
+        ),
+        Reject(11, 12, None, "M11,2024-01-15T00:00:00Z", "has 2 fields; the header has 4", "meter_readings"),
+    ]
+    assert (lane.records, lane.statement.records) == (13, 11)
 
 
 def test_the_rows_postgresql_skipped_are_named_by_record_and_line(tmp_path: Path, opened: list[int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import EncodingError, MalformedFile, MissingColumns
+from app.errors import EncodingError, FileChanged, MalformedFile, MissingColumns
 from models.datasets import METER_READINGS, SHIPMENTS, DatasetSpec
 from services.ingest import csv_load, rows
 from services.ingest.csv_load import CsvRows, RecordReader, map_header, read_header
 from services.ingest.files import FileFormat
 from services.ingest.rows import Chunk, Target
-from services.ingest.source import Stream, numbered_lines
+from services.ingest.source import Source, Stream, numbered_lines
 
 Record = tuple[list[str], int, int, bool]
 Open = Callable[..., tuple[list[str], RecordReader]]
@@ -467,3 +468,25 @@ def test_repeated_and_empty_unknown_header_names_get_their_own_keys() -> None:
             "note, note_3, note_4",
         },
     ]
+
+
+def test_the_bytes_are_hashed_again_unless_a_lease_keeps_writers_out(tmp_path: Path) -> None:
+    content = b"a,b\n1,2\n"
+    path = tmp_path / "f.csv"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sha256 = hashlib.sha256(content).hexdigest()
+        other = hashlib.sha256(b"other bytes").hexdigest()
+        fmt = FileFormat("csv", gzip=False)
+
+        Source(fd, len(content), sha256, "f.csv", fmt).stream().verify(sha256)
+        with pytest.raises(
+            FileChanged, match=r"^f.csv changed while it was loaded\. It was still being written"
+        ):
+            Source(fd, len(content), other, "f.csv", fmt).stream().verify(other)
+        leased = Source(fd, len(content), other, "f.csv", fmt, leased=True).stream()
+        assert (leased.read(), leased.raw.hashed) == (content, False)
+        leased.verify(other)  # the lease stands for the bytes
+    finally:
+        os.close(fd)
