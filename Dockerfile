@@ -33,6 +33,10 @@ RUN pip install pipenv \
     && rm -rf /root/.cache
 
 COPY . .
+# The code is compiled here, once: it is read-only to the app's user and PYTHONDONTWRITEBYTECODE is
+# set, so otherwise every command (`docker compose exec loadbay python main.py --status`) would
+# compile the project's modules again, about 0.05 s of each start-up.
+RUN python -m compileall -q app services models
 
 # A non-root user owns the runtime folders; uid 10001 is also the SFTP user's in compose, so
 # uploaded files can be moved to processed/ and failed/.

@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes takes {','.join(MODES)}")
     info: dict[str, object] = {**machine(), "loadbay": source.describe(source.working_tree(ROOT))}
+    source.compiled(ROOT)
     files = generate(args.rows, args.files)
     server = BenchServer()
     runs: list[ParallelRun] = []

@@ -18,6 +18,7 @@ from typing import Any
 from benchmarks.datagen import with_lineage
 from benchmarks.pg import BenchServer, execute, fetch
 from benchmarks.procs import ProcessRun, load_average, run_timed
+from benchmarks.source import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -99,7 +100,8 @@ class Scenarios:
     def __init__(self, server: BenchServer, work: Path, code_dir: Path = ROOT) -> None:
         self.server = server
         self.work = work
-        self.code_dir = code_dir  # the loadbay source tree that runs: the working tree or a snapshot
+        # the loadbay source tree that runs (the working tree or a snapshot), compiled as in the image
+        self.code_dir = compiled(code_dir)
         self.template = ""
         self.reference: dict[int, dict[str, Any]] = {}  # rows → what psql \copy loaded
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.pg import BenchServer
-from benchmarks.source import snapshot
+from benchmarks.source import compiled, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,9 +45,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loadbay-startup-"))
-    sources = {"working tree": ROOT}
+    sources = {"working tree": compiled(ROOT)}
     if args.ref:
-        sources[f"{args.ref}"] = snapshot(ROOT, args.ref, ROOT / "benchmarks" / "work" / "src")[0]
+        sources[f"{args.ref}"] = compiled(snapshot(ROOT, args.ref, ROOT / "benchmarks" / "work" / "src")[0])
     server = BenchServer()
     try:
         envs: dict[str, tuple[Path, dict[str, str], Path]] = {}

@@ -20,7 +20,6 @@ from services.ingest.csv_dialect import (
     sniff_delimiter,
     with_likely_encoding,
 )
-from services.ingest.csv_lane import copy_lane
 from services.ingest.csv_load import (
     MAX_LINE_BYTES,
     copy_fast,
@@ -108,6 +107,9 @@ async def load_csv(conn: asyncpg.Connection, stream: Stream, target: Target) -> 
     dialect = Dialect.of(dataset)
     header = map_header(read_header(stream, dataset.encoding, target.label, dialect), dataset, target.label)
     if copy_possible(header, target):
+        # numpy comes with the lane: imported for the first CSV file, not by every command.
+        from services.ingest.csv_lane import copy_lane
+
         try:
             async with conn.transaction():
                 if numbers_to_convert(header, target):

@@ -350,3 +350,32 @@ def test_a_file_the_app_may_not_read_waits_with_a_reason(
     assert "PostgreSQL" not in done.stdout
     assert ledger(dsn) == []
     assert waiting_files(imports) == ["meter_locked.csv"]
+
+
+def test_the_image_compiles_the_code_so_that_no_command_compiles_it_again(tmp_path: Path) -> None:
+    """PYTHONDONTWRITEBYTECODE is set and /app is read-only to the app's user, so the image must
+    hold the project's compiled modules: else every command compiles them again at start-up."""
+    image_app = tmp_path / "app"
+    image_app.mkdir()
+    shutil.copy2(ROOT / "main.py", image_app)
+    for folder in ("app", "services", "models", "sql"):
+        shutil.copytree(ROOT / folder, image_app / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PATH": f"{VENV_BIN}:{SYSTEM_PATH}", "HOME": str(tmp_path)}
+    assert "PYTHONDONTWRITEBYTECODE=1" in shlex.split(" ".join(instruction("ENV")))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    [compile_step] = [args for args in instruction("RUN") if "compileall" in args]
+    subprocess.run(["sh", "-c", compile_step], cwd=image_app, env=env, check=True, timeout=300)
+
+    probe = subprocess.run(
+        ["python", "-v", "-c", "import app.settings, services.ingest, services.watcher"],
+        cwd=image_app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    loaded = re.findall(r"^# code object from '?(.+?)'?$", probe.stderr, re.MULTILINE)
+    ours = [path for path in loaded if path.startswith(str(image_app))]
+    assert len(ours) > 30  # the project's own modules, each loaded once
+    assert [path for path in ours if not path.endswith(".pyc")] == []
