@@ -50,7 +50,6 @@ try:
 except ImportError:  # not Linux: the platform's observer, renames in seen as creations
     InotifyObserver = None  # type: ignore[assignment,misc]
 
-import services.ingest.csv_lane  # noqa: F401  (numpy, loaded at start rather than on the first drop)
 from app.backoff import Doubling
 from app.db import Database, is_transient
 from app.errorlog import log_error
